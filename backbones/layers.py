@@ -1,0 +1,81 @@
+"""Small layers shared by the backbones: frozen BatchNorm and the parameter-free shortcut (option A)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm as a fixed per-channel affine map: statistics and affine parameters are buffers.
+
+    The paper freezes BN after ImageNet pre-training when fine-tuning detectors (small batches would
+    make the statistics noisy). The state-dict keys equal `nn.BatchNorm2d`'s, so weights load either way.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # A BatchNorm2d state dict carries a counter that has no meaning once frozen.
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        shift = self.bias - self.running_mean * scale
+        return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+    @classmethod
+    def from_batchnorm(cls, bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+        frozen = cls(bn.num_features, bn.eps)
+        with torch.no_grad():
+            if bn.affine:
+                frozen.weight.copy_(bn.weight)
+                frozen.bias.copy_(bn.bias)
+            if bn.running_mean is not None:
+                frozen.running_mean.copy_(bn.running_mean)
+                frozen.running_var.copy_(bn.running_var)
+        return frozen.to(bn.weight.device if bn.affine else frozen.weight.device)
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every `nn.BatchNorm2d` inside `module` (or `module` itself) by `FrozenBatchNorm2d`."""
+    if isinstance(module, nn.BatchNorm2d):
+        return FrozenBatchNorm2d.from_batchnorm(module)
+    for name, child in module.named_children():
+        frozen = freeze_batchnorm(child)
+        if frozen is not child:
+            setattr(module, name, frozen)
+    return module
+
+
+class ZeroPadShortcut(nn.Module):
+    """Shortcut option A: identity subsampled by `stride`, extra output channels filled with zeros."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        if out_channels < in_channels:
+            raise ValueError(f"zero-padding shortcut cannot reduce channels ({in_channels} -> {out_channels})")
+        self.extra = out_channels - in_channels
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
+
+    def extra_repr(self) -> str:
+        return f"extra_channels={self.extra}, stride={self.stride}"

@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Parameters and multiply-adds of a registered network, or of all of them beside the paper's figures.
+
+    python tools/model_stats.py --arch resnet50 --option stride_in_1x1=true --json
+    python tools/model_stats.py --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import yaml
+
+import backbones
+from engine.cli import run_cli
+from engine.errors import UserError
+
+
+def parse_options(pairs: Sequence[str]) -> dict:
+    """`key=value` strings to a dict; values are read as YAML scalars (true, 3, B, ...)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"option {pair!r} is not of the form key=value")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'model':<18}{'params':>12}{'paper':>10}{'diff':>8}{'mult-adds':>12}{'paper':>10}{'diff':>8}  options",
+             "-" * 94]
+
+    def fig(row: dict, key: str, scale: float, unit: str) -> str:
+        ours = f"{row[key] / scale:.2f}{unit}"
+        if f"paper_{key}" not in row:
+            return f"{ours:>12}{'':>10}{'':>8}"
+        paper = f"{row[f'paper_{key}'] / scale:.2f}{unit}"
+        return f"{ours:>12}{paper:>10}{row[f'{key}_rel_diff']:>+8.1%}"
+
+    for row in rows:
+        opts = ",".join(f"{k}={v}" for k, v in row["options"].items())
+        lines.append(f"{row['arch']:<18}{fig(row, 'params', 1e6, 'M')}{fig(row, 'flops', 1e9, 'G')}  {opts}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=None, help=f"one of: {', '.join(backbones.list_models())}")
+    parser.add_argument("--input-size", type=int, help="square input side (default: 224 ImageNet, 32 CIFAR)")
+    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                        help="builder option, e.g. shortcut=A or stride_in_1x1=true (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--table", action="store_true", help="all models beside the paper's figures")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    if args.table:
+        rows = backbones.paper_table()
+        print(json.dumps(rows) if args.json else format_table(rows))
+        return 0
+    if not args.arch:
+        parser.error("give --arch NAME or --table")
+    if args.input_size is not None and args.input_size < 1:
+        raise UserError(f"--input-size must be positive, got {args.input_size}")
+    stats = backbones.model_stats(args.arch, args.input_size, **parse_options(args.option))
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        print(f"{stats['arch']}: {stats['params']:,} parameters, {stats['flops'] / 1e9:.3f}G multiply-adds "
+              f"at {stats['input_size']}x{stats['input_size']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
