@@ -40,15 +40,15 @@ class FrozenBatchNorm2d(nn.Module):
 
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
-        frozen = cls(bn.num_features, bn.eps)
+        """A frozen copy of `bn`'s running statistics and affine parameters."""
+        frozen = cls(bn.num_features, bn.eps).to(bn.running_mean.device)
         with torch.no_grad():
+            frozen.running_mean.copy_(bn.running_mean)
+            frozen.running_var.copy_(bn.running_var)
             if bn.affine:
                 frozen.weight.copy_(bn.weight)
                 frozen.bias.copy_(bn.bias)
-            if bn.running_mean is not None:
-                frozen.running_mean.copy_(bn.running_mean)
-                frozen.running_var.copy_(bn.running_var)
-        return frozen.to(bn.weight.device if bn.affine else frozen.weight.device)
+        return frozen
 
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:

@@ -39,13 +39,13 @@ def main() -> None:
         for model in (theirs, ours):
             model.to(memory_format=layout)
 
-        def infer(model):
+        def infer(model, xs=xs):
             def run():
                 with torch.inference_mode():
                     model.eval()(xs)
             return run
 
-        def train(model):
+        def train(model, xs=xs):
             opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
             def run():

@@ -1,0 +1,54 @@
+"""Top-1 / top-5 error for single-crop, 10-crop and multi-scale fully-convolutional testing."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from engine.distributed import all_reduce_sum, is_main_process
+
+
+def view_probabilities(model: nn.Module, images, mode: str, channels_last: bool = False) -> torch.Tensor:
+    """Class probabilities per image, averaged over the views that `mode` produced."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if mode == "multi_scale":  # a list (one per image) of lists of full images at each scale
+        probs = []
+        for scales in images:
+            views = [s.unsqueeze(0).to(memory_format=fmt) for s in scales]
+            p = [F.softmax(model(torch.cat([v, v.flip(-1)])), dim=1).mean(0) for v in views]
+            probs.append(torch.stack(p).mean(0))
+        return torch.stack(probs)
+    if mode == "ten_crop":
+        n, v = images.shape[:2]
+        return F.softmax(model(images.flatten(0, 1).contiguous(memory_format=fmt)), dim=1).view(n, v, -1).mean(1)
+    return F.softmax(model(images.contiguous(memory_format=fmt)), dim=1)
+
+
+def topk_errors(probs: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[int]:
+    """How many of the samples have their label outside the top-k, for each k (capped at the class count)."""
+    top = probs.topk(min(max(ks), probs.shape[1]), dim=1).indices
+    hits = top == labels.view(-1, 1)
+    return [int((~hits[:, : min(k, probs.shape[1])].any(1)).sum()) for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, mode: str = "center",
+             channels_last: bool = False, progress: bool = False) -> dict[str, float]:
+    """`{"error", "top5_error", "count"}`, errors in %; shards of a distributed run are summed."""
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)
+    for batch in tqdm(loader, desc=f"eval ({mode})", disable=not (progress and is_main_process()), leave=False):
+        images, labels = batch[0], batch[1].to(device)
+        if mode == "multi_scale":
+            images = [[s.to(device) for s in scales] for scales in images]
+        else:
+            images = images.to(device, non_blocking=True)
+        top1, top5 = topk_errors(view_probabilities(model, images, mode, channels_last), labels)
+        totals += torch.tensor([top1, top5, len(labels)], dtype=torch.float64, device=device)
+    top1, top5, count = all_reduce_sum(totals).tolist()
+    if count == 0:
+        return {"error": float("nan"), "top5_error": float("nan"), "count": 0}
+    return {"error": 100 * top1 / count, "top5_error": 100 * top5 / count, "count": int(count)}

@@ -1,0 +1,87 @@
+"""The paper's augmentation and test-time views, built from torchvision transforms (torch RNG only, so
+`engine.sampler.SeededDataset` makes them reproducible)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import functional as F
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+# AlexNet's PCA colour augmentation: eigen-decomposition of ImageNet's RGB covariance (pixels in 0..1)
+PCA_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
+PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
+                           [-0.5808, -0.0045, -0.8140],
+                           [-0.5836, -0.6948, 0.4203]])
+
+
+class RandomShorterSide:
+    """Resize so the shorter side is uniform in [min_size, max_size] (the paper's scale augmentation)."""
+
+    def __init__(self, min_size: int, max_size: int) -> None:
+        self.min_size, self.max_size = min_size, max_size
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        size = int(torch.randint(self.min_size, self.max_size + 1, ()).item())
+        return F.resize(image, size, antialias=True)
+
+
+class PCALighting:
+    """Adds eigvec @ (alpha * eigval), alpha ~ N(0, alphastd), to every pixel of a 0..1 RGB tensor."""
+
+    def __init__(self, alphastd: float = 0.1) -> None:
+        self.alphastd = alphastd
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.alphastd == 0:
+            return image
+        alpha = torch.randn(3) * self.alphastd
+        rgb = PCA_EIGVEC @ (alpha * PCA_EIGVAL)
+        return image + rgb.view(3, 1, 1)
+
+
+def _normalize(style: str) -> T.Normalize:
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if style == "imagenet" else (CIFAR_MEAN, CIFAR_STD)
+    return T.Normalize(mean, std)
+
+
+def train_transform(style: str, crop_size: int, scale_range: Sequence[int] = (256, 480),
+                    lighting: float = 0.1) -> T.Compose:
+    """ImageNet: random shorter side in `scale_range`, random crop, flip, PCA lighting, normalise.
+    CIFAR: 4-pixel zero padding, random crop, flip, normalise."""
+    if style == "imagenet":
+        return T.Compose([RandomShorterSide(*scale_range), T.RandomCrop(crop_size), T.RandomHorizontalFlip(),
+                          T.ToTensor(), PCALighting(lighting), _normalize(style)])
+    return T.Compose([T.RandomCrop(crop_size, padding=crop_size // 8), T.RandomHorizontalFlip(), T.ToTensor(),
+                      _normalize(style)])
+
+
+class MultiScale:
+    """The whole image at every shorter side in `scales`, for fully-convolutional testing (a list of tensors)."""
+
+    def __init__(self, scales: Sequence[int], normalize: T.Normalize) -> None:
+        self.scales, self.normalize = list(scales), normalize
+
+    def __call__(self, image: Image.Image) -> list[torch.Tensor]:
+        return [self.normalize(F.to_tensor(F.resize(image, s, antialias=True))) for s in self.scales]
+
+
+def test_transform(style: str, mode: str, crop_size: int, resize: int,
+                   scales: Sequence[int] = (224, 256, 384, 480, 640)):
+    """`center`: resize + centre crop (CIFAR: the image as it is); `ten_crop`: 4 corners + centre and their
+    flips, stacked; `multi_scale`: see `MultiScale`."""
+    norm = _normalize(style)
+    if mode == "multi_scale":
+        return MultiScale(scales, norm)
+    resize_ops = [T.Resize(resize, antialias=True)] if style == "imagenet" else []
+    if mode == "ten_crop":
+        return T.Compose([*resize_ops, T.TenCrop(crop_size),
+                          T.Lambda(lambda crops: torch.stack([norm(F.to_tensor(c)) for c in crops]))])
+    if mode == "center":
+        return T.Compose([*resize_ops, T.CenterCrop(crop_size), T.ToTensor(), norm])
+    raise ValueError(f"unknown test mode {mode!r}; valid: center, ten_crop, multi_scale")

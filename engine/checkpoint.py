@@ -1,0 +1,86 @@
+"""Checkpoints that survive a crash mid-write and resume training exactly.
+
+`save_checkpoint` writes to a temporary file in the same folder, flushes it to disk and renames it over
+the target (`os.replace` is atomic), so a killed process leaves the previous file intact. Files are read
+back with `weights_only=True`. `rng_state`/`set_rng_state` capture the Python and torch generators so a
+resumed run draws the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.errors import UserError
+
+LAST_CHECKPOINT = "last_checkpoint"  # a text file naming the newest checkpoint of a run
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write `state` to `path` atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (weights only: nothing in it is executed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{path}: corrupt or unsafe checkpoint ({first})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
+    return state
+
+
+def mark_last(output_dir: str | os.PathLike, checkpoint: Path) -> None:
+    """Record `checkpoint` as the run's newest (atomically), for `--resume`."""
+    target = Path(output_dir) / LAST_CHECKPOINT
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(checkpoint.name, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def find_last(output_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint of a run directory, or None when it has none."""
+    marker = Path(output_dir) / LAST_CHECKPOINT
+    if not marker.is_file():
+        return None
+    path = Path(output_dir) / marker.read_text(encoding="utf-8").strip()
+    return path if path.is_file() else None
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,94 @@
+"""YAML recipes on top of code defaults, with `key=value` overrides and a clear error for unknown keys.
+
+A recipe may start from another with `_base_: other.yaml` (a path relative to the recipe), so one file per
+paper experiment stays a few lines. Keys are checked against the defaults: a typo names the file and key.
+Free-form sections (e.g. `model.options`) are marked open in the defaults by `open_keys`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from engine.errors import UserError
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise UserError(f"{path}: _base_ chain loops back to itself")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise UserError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must hold a mapping, got {type(data).__name__}")
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    parent = _read_yaml((path.parent / base).resolve(), (*seen, path))
+    return OmegaConf.to_container(OmegaConf.merge(parent, data))
+
+
+def _check_types(default: Any, value: Any, source: str, key: str = "") -> None:
+    """Values must keep the type of their default (ints are accepted for floats; None is untyped)."""
+    if default is None or value is None:
+        return
+    if isinstance(default, Mapping):
+        if not isinstance(value, Mapping):
+            raise UserError(f"{source}: {key} must be a mapping, got {value!r}")
+        for k, v in value.items():
+            if k in default:
+                _check_types(default[k], v, source, f"{key}.{k}" if key else str(k))
+        return
+    expected = (int, float) if type(default) is float else type(default)
+    if isinstance(default, (list, tuple)):
+        expected = (list, tuple)
+    if not isinstance(value, expected) or (isinstance(value, bool) and not isinstance(default, bool)):
+        raise UserError(f"{source}: {key} must be {type(default).__name__} like {default!r}, got {value!r}")
+
+
+def load_config(defaults: Mapping[str, Any], path: str | os.PathLike | None = None,
+                overrides: Sequence[str] = (), open_keys: Iterable[str] = ()) -> DictConfig:
+    """Defaults <- recipe file <- `key=value` overrides, each checked for unknown keys and wrong types."""
+    cfg = OmegaConf.create(dict(defaults))
+    OmegaConf.set_struct(cfg, True)
+    for key in open_keys:
+        OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
+    layers: list[tuple[str, Any]] = []
+    if path is not None:
+        layers.append((str(path), _read_yaml(Path(path).resolve())))
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UserError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        layers.append((f"override {item!r}", OmegaConf.from_dotlist([f"{key}={value}"])))
+    for source, layer in layers:
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", None) or ""
+            reason = str(exc).splitlines()[0]
+            if "not in struct" in reason or ("Key '" in reason and "not" in reason):
+                reason = f"unknown key {key!r}"
+            raise UserError(f"{source}: {reason}") from None
+        _check_types(defaults, OmegaConf.to_container(cfg, resolve=True), source)
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    Path(path).write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
+
+
+def to_dict(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)

@@ -1,0 +1,194 @@
+"""The one training loop both tasks use.
+
+The task supplies the model, the optimizer, a schedule, a function that makes micro-batches from a start
+iteration, and `step(model, batch) -> (losses, stats)`. The loop does the rest: mixed precision, gradient
+accumulation, DistributedDataParallel, the learning rate per iteration, a guard against NaN/inf losses,
+progress with ETA, metrics, periodic evaluation, atomic checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from engine.checkpoint import load_checkpoint, mark_last, rng_state, save_checkpoint, set_rng_state
+from engine.distributed import DistInfo, all_reduce_sum
+from engine.errors import UserError
+from engine.metrics import MetricWriter
+from engine.schedule import LRSchedule
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+Losses = Mapping[str, torch.Tensor]
+Stats = Mapping[str, float]
+
+
+class TrainingDiverged(UserError):
+    """A loss became NaN or infinite; nothing is saved for that iteration."""
+
+
+@dataclass
+class TrainerOptions:
+    max_iter: int
+    output_dir: Path
+    accumulate: int = 1
+    amp: str = "none"
+    clip_grad_norm: float = 0.0
+    log_period: int = 20
+    eval_period: int = 0  # 0: evaluate only at the end
+    checkpoint_period: int = 1000
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+                 make_batches: Callable[[int], Iterator[Any]],
+                 step: Callable[[nn.Module, Any], tuple[Losses, Stats]],
+                 options: TrainerOptions, dist: DistInfo, *,
+                 evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+                 checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
+                 writer: MetricWriter | None = None) -> None:
+        if options.amp not in AMP_DTYPES:
+            raise UserError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {options.amp!r}")
+        self.model = model
+        self.module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+        self.optimizer, self.schedule = optimizer, schedule
+        self.make_batches, self.step_fn, self.evaluate_fn = make_batches, step, evaluate
+        self.options, self.dist = options, dist
+        self.checkpoint_extra = checkpoint_extra or dict
+        self.writer = writer or MetricWriter(options.output_dir, enabled=False)
+        self.scaler = torch.amp.GradScaler(dist.device.type, enabled=options.amp == "fp16"
+                                           and dist.device.type == "cuda")
+        self.iteration = 0
+        self.last_eval: dict[str, float] = {}
+
+    # ----- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                "iteration": self.iteration, "rng": rng_state(), **self.checkpoint_extra()}
+
+    def save(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        out = Path(self.options.output_dir)
+        path = save_checkpoint(self.state_dict(), out / f"checkpoint_{self.iteration:07d}.pth")
+        mark_last(out, path)
+        old = sorted(out.glob("checkpoint_*.pth"))[: -self.options.keep_checkpoints]
+        for stale in old:
+            stale.unlink(missing_ok=True)
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        state = load_checkpoint(path)
+        missing = {"model", "optimizer", "schedule", "iteration", "rng"} - state.keys()
+        if missing:
+            raise UserError(f"{path}: not a training checkpoint (missing {', '.join(sorted(missing))})")
+        try:
+            self.module.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise UserError(f"{path}: checkpoint does not fit this model ({str(exc).splitlines()[0]})") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        set_rng_state(state["rng"])
+
+    # ----- the loop ----------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = AMP_DTYPES[self.options.amp]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=dtype)
+
+    def _check_finite(self, losses: Losses, loss: torch.Tensor) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
+        if all_reduce_sum(bad).item():
+            shown = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+            raise TrainingDiverged(f"loss is not finite at iteration {self.iteration} ({shown}); "
+                                   f"last good checkpoint kept in {self.options.output_dir}")
+
+    def run_step(self, batches: Iterator[Any]) -> tuple[dict[str, float], dict[str, float]]:
+        opts = self.options
+        lr = self.schedule.lr_at(self.iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        totals: dict[str, float] = defaultdict(float)
+        stats_sum: dict[str, float] = defaultdict(float)
+        ddp = self.model is not self.module
+        for m in range(opts.accumulate):
+            batch = next(batches)
+            sync = contextlib.nullcontext() if not ddp or m == opts.accumulate - 1 else self.model.no_sync()
+            with sync:
+                with self._autocast():
+                    losses, stats = self.step_fn(self.model, batch)
+                loss = sum(losses.values()) / opts.accumulate
+                self._check_finite(losses, loss)
+                self.scaler.scale(loss).backward()
+            for k, v in losses.items():
+                totals[k] += v.item() / opts.accumulate
+            for k, v in stats.items():
+                stats_sum[k] += v / opts.accumulate
+        if opts.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.module.parameters(), opts.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if "error" in stats_sum:
+            self.schedule.observe_train_error(stats_sum["error"])
+        return dict(totals), {"lr": lr, **stats_sum}
+
+    def run_eval(self) -> dict[str, float]:
+        if self.evaluate_fn is None:
+            return {}
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.evaluate_fn(self.module)
+        self.model.train()
+        self.writer.write(self.iteration, "val", metrics)
+        if "error" in metrics:
+            self.schedule.observe_val_error(metrics["error"])
+        self.last_eval = metrics
+        return metrics
+
+    def train(self) -> dict[str, float]:
+        opts = self.options
+        if self.iteration >= opts.max_iter:
+            return self.last_eval or self.run_eval()
+        self.model.train()
+        batches = iter(self.make_batches(self.iteration))
+        window: dict[str, list[float]] = defaultdict(list)
+        bar = tqdm(total=opts.max_iter, initial=self.iteration, disable=not (opts.progress and self.dist.is_main),
+                   dynamic_ncols=True, desc="train", unit="it")
+        try:
+            while self.iteration < opts.max_iter:
+                losses, stats = self.run_step(batches)
+                self.iteration += 1
+                for k, v in {**losses, **stats}.items():
+                    window[k].append(v)
+                loss = sum(losses.values())
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{stats['lr']:.2g}", refresh=False)
+                if self.iteration % opts.log_period == 0 or self.iteration == opts.max_iter:
+                    means = {k: sum(v) / len(v) for k, v in window.items()}
+                    means["loss"] = sum(means[k] for k in losses)
+                    self.writer.write(self.iteration, "train", means)
+                    window.clear()
+                if opts.eval_period and self.iteration % opts.eval_period == 0 and self.iteration < opts.max_iter:
+                    self.run_eval()
+                if self.iteration % opts.checkpoint_period == 0 or self.iteration == opts.max_iter:
+                    self.save()
+        finally:
+            bar.close()
+        return self.run_eval()
