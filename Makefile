@@ -22,6 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_backbones
+	$(PY) -m benchmarks.bench_cls_train
 
 clean:
 	rm -rf $(VENV) runs

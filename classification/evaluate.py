@@ -8,7 +8,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import backbones
 from engine.distributed import all_reduce_sum, is_main_process
+from engine.errors import UserError
 
 
 def view_probabilities(model: nn.Module, images, mode: str, channels_last: bool = False) -> torch.Tensor:
@@ -52,3 +54,19 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, mode: s
     if count == 0:
         return {"error": float("nan"), "top5_error": float("nan"), "count": 0}
     return {"error": 100 * top1 / count, "top5_error": 100 * top5 / count, "count": int(count)}
+
+
+def load_classifier(weights_path: str, arch: str | None = None, options: dict | None = None) -> tuple[nn.Module, str]:
+    """A registry classifier with the weights of `weights_path` (ours or torchvision's); the architecture
+    and options come from the file where it records them, the class count from its last layer."""
+    weights = backbones.read_weights(weights_path)
+    arch = arch or weights.arch or backbones.guess_arch(weights.state_dict)
+    if arch is None:
+        raise UserError(f"{weights_path}: cannot tell the architecture; give --arch")
+    options = {**weights.options, **(options or {})}
+    head = weights.state_dict.get("fc.weight", weights.state_dict.get("classifier.6.weight"))
+    if head is None:
+        raise UserError(f"{weights_path}: no classifier layer (fc / classifier.6) in the weights")
+    model = backbones.build_model(arch, head.shape[0], **options)
+    backbones.load_weights(model, weights, arch=arch)
+    return model, arch

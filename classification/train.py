@@ -27,7 +27,7 @@ from classification.transforms import (
     CIFAR_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    test_transform,
+    eval_transform,
     train_transform,
 )
 from engine.checkpoint import find_last, save_checkpoint
@@ -96,7 +96,7 @@ def crop_size(cfg: DictConfig) -> int:
 def eval_loader(cfg: DictConfig, dist: DistInfo, mode: str = "center", split: str | None = None,
                 batch_size: int | None = None) -> DataLoader:
     data = cfg.data
-    transform = test_transform(_style(data.dataset), mode, crop_size(cfg), data.test_resize, data.test_scales)
+    transform = eval_transform(_style(data.dataset), mode, crop_size(cfg), data.test_resize, data.test_scales)
     dataset, _ = build_dataset(cfg, split or data.val_split, transform, train=False)
     batch = 1 if mode == "multi_scale" else (batch_size or cfg.train.eval_batch_size)
     return DataLoader(SeededDataset(dataset), batch_sampler=ShardSampler(len(dataset), batch, dist.rank,
@@ -211,7 +211,7 @@ def train_classifier(cfg: DictConfig, output_dir: str | os.PathLike, resume: boo
 
     if cfg.train.recompute_bn:
         recompute_bn_stats(model, make_batches(0), cfg.train.recompute_bn, dist.device)
-        metrics = trainer.run_eval()
+        metrics = trainer.run_eval(feed_schedule=False)
     skipped = int(all_reduce_sum(torch.tensor([bad_images[0]], device=dist.device)).item())
     if dist.is_main:
         if skipped:

@@ -71,7 +71,7 @@ class MultiScale:
         return [self.normalize(F.to_tensor(F.resize(image, s, antialias=True))) for s in self.scales]
 
 
-def test_transform(style: str, mode: str, crop_size: int, resize: int,
+def eval_transform(style: str, mode: str, crop_size: int, resize: int,
                    scales: Sequence[int] = (224, 256, 384, 480, 640)):
     """`center`: resize + centre crop (CIFAR: the image as it is); `ten_crop`: 4 corners + centre and their
     flips, stacked; `multi_scale`: see `MultiScale`."""

@@ -86,6 +86,17 @@ def load_config(defaults: Mapping[str, Any], path: str | os.PathLike | None = No
     return cfg
 
 
+def parse_key_values(pairs: Iterable[str]) -> dict[str, Any]:
+    """`key=value` strings to a dict, values read as YAML scalars (`true`, `3`, `0.1`, `B`, `[1, 2]`)."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UserError(f"option {pair!r} is not of the form key=value")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
     Path(path).write_text(OmegaConf.to_yaml(cfg), encoding="utf-8")
 

@@ -149,7 +149,8 @@ class Trainer:
             self.schedule.observe_train_error(stats_sum["error"])
         return dict(totals), {"lr": lr, **stats_sum}
 
-    def run_eval(self) -> dict[str, float]:
+    def run_eval(self, feed_schedule: bool = True) -> dict[str, float]:
+        """Evaluate, log as `val`, and (unless told not to) let a plateau schedule see the error."""
         if self.evaluate_fn is None:
             return {}
         self.model.eval()
@@ -157,7 +158,7 @@ class Trainer:
             metrics = self.evaluate_fn(self.module)
         self.model.train()
         self.writer.write(self.iteration, "val", metrics)
-        if "error" in metrics:
+        if "error" in metrics and feed_schedule:
             self.schedule.observe_val_error(metrics["error"])
         self.last_eval = metrics
         return metrics
@@ -165,7 +166,7 @@ class Trainer:
     def train(self) -> dict[str, float]:
         opts = self.options
         if self.iteration >= opts.max_iter:
-            return self.last_eval or self.run_eval()
+            return self.last_eval or self.run_eval(feed_schedule=False)
         self.model.train()
         batches = iter(self.make_batches(self.iteration))
         window: dict[str, list[float]] = defaultdict(list)
@@ -191,4 +192,7 @@ class Trainer:
                     self.save()
         finally:
             bar.close()
-        return self.run_eval()
+        # the end of a run counts as a periodic evaluation only where one was due, so that extending a
+        # finished run with a larger max_iter continues exactly as a longer run would have
+        periodic = bool(opts.eval_period) and self.iteration % opts.eval_period == 0
+        return self.run_eval(feed_schedule=periodic)

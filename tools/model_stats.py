@@ -12,22 +12,10 @@ import json
 import sys
 from collections.abc import Sequence
 
-import yaml
-
 import backbones
 from engine.cli import run_cli
+from engine.config import parse_key_values
 from engine.errors import UserError
-
-
-def parse_options(pairs: Sequence[str]) -> dict:
-    """`key=value` strings to a dict; values are read as YAML scalars (true, 3, B, ...)."""
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UserError(f"option {pair!r} is not of the form key=value")
-        options[key] = yaml.safe_load(value)
-    return options
 
 
 def format_table(rows: list[dict]) -> str:
@@ -65,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give --arch NAME or --table")
     if args.input_size is not None and args.input_size < 1:
         raise UserError(f"--input-size must be positive, got {args.input_size}")
-    stats = backbones.model_stats(args.arch, args.input_size, **parse_options(args.option))
+    stats = backbones.model_stats(args.arch, args.input_size, **parse_key_values(args.option))
     if args.json:
         print(json.dumps(stats))
     else:

@@ -1,0 +1,61 @@
+#!/usr/bin/env python
+"""Fig. 7 of the paper: std of each 3x3 layer's response for plain nets vs ResNets.
+
+    python tools/analyze_responses.py --weights runs/plain20/model_final.pth runs/resnet20/model_final.pth \
+        --dataset cifar10 --data /data/cifar10 --output fig7.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from itertools import islice
+from pathlib import Path
+
+from classification.analysis import plot_responses, response_stds
+from classification.evaluate import load_classifier
+from classification.train import DEFAULTS, OPEN_KEYS, eval_loader
+from engine.cli import run_cli
+from engine.config import load_config
+from engine.distributed import init_distributed
+from engine.errors import UserError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--weights", nargs="+", required=True, help="model_final.pth of each network")
+    parser.add_argument("--labels", nargs="*", help="legend labels (default: the architectures)")
+    parser.add_argument("--dataset", required=True, choices=["imagenet", "cifar10", "synthetic"])
+    parser.add_argument("--data", help="dataset root")
+    parser.add_argument("--split")
+    parser.add_argument("--batches", type=int, default=20, help="validation batches to measure on")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--output", default="responses.png", help="PNG; the numbers go beside it as .json")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    if args.labels and len(args.labels) != len(args.weights):
+        raise UserError(f"{len(args.labels)} labels for {len(args.weights)} weight files")
+    flags = [f"data.dataset={args.dataset}", f"train.device={args.device}"]
+    if args.data:
+        flags.append(f"data.root={args.data}")
+    cfg = load_config(DEFAULTS, None, flags, open_keys=OPEN_KEYS)
+    dist = init_distributed(args.device)
+    loader = eval_loader(cfg, dist, "center", args.split, args.batch_size)
+    results = {}
+    for i, path in enumerate(args.weights):
+        model, arch = load_classifier(path)
+        label = args.labels[i] if args.labels else arch
+        results[label] = response_stds(model.to(dist.device), islice(loader, args.batches), dist.device)
+        print(f"{label}: {len(results[label])} layers, mean std {sum(results[label]) / len(results[label]):.3f}")
+    out = plot_responses(results, args.output)
+    Path(out).with_suffix(".json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
