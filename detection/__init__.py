@@ -1,0 +1,1 @@
+"""Faster R-CNN detection: datasets (COCO, PASCAL VOC, synthetic shapes), augmentation, evaluation."""

@@ -1,0 +1,108 @@
+"""COCO-format detection data through pycocotools: COCO 2017, the synthetic shapes set, or a user's own."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth, resolve_inside
+from engine.errors import UserError
+
+
+def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check a COCO annotation file; problems name the file and the entry."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: malformed JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a COCO annotation file holds an object, got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise UserError(f"{path}: missing list {key!r}")
+    required = {"images": ("id", "file_name", "width", "height"), "annotations": ("id", "image_id", "category_id",
+                                                                                  "bbox"), "categories": ("id", "name")}
+    for key, fields in required.items():
+        for i, entry in enumerate(data[key]):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing:
+                raise UserError(f"{path}: {key}[{i}] lacks {', '.join(missing)}")
+    image_ids = {img["id"] for img in data["images"]}
+    cat_ids = {cat["id"] for cat in data["categories"]}
+    for ann in data["annotations"]:
+        if ann["category_id"] not in cat_ids:
+            raise UserError(f"{path}: annotation {ann['id']} has unknown category_id {ann['category_id']}")
+        if ann["image_id"] not in image_ids:
+            raise UserError(f"{path}: annotation {ann['id']} refers to unknown image_id {ann['image_id']}")
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise UserError(f"{path}: annotation {ann['id']} has bbox {bbox!r}; expected [x, y, w, h]")
+    return data
+
+
+def coco_from_dict(data: dict[str, Any]) -> COCO:
+    """A pycocotools COCO index over `data`, without its progress prints."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class CocoDetection(DetectionDataset):
+    """Images of a COCO-format annotation file under `image_root`.
+
+    Category ids map to contiguous labels 1..K in sorted id order (`label_to_category` maps back for
+    results files). Crowd boxes are ignored objects: left out of training targets, ignored by VOC metrics,
+    handled by COCOeval itself. Training skips images without any usable box unless `keep_empty`.
+    """
+
+    def __init__(self, ann_file: str | os.PathLike, image_root: str | os.PathLike | None,
+                 transform: Callable | None = None, *, train: bool = False, keep_empty: bool | None = None) -> None:
+        super().__init__(transform, train)
+        self.ann_file = Path(ann_file)
+        self.image_root = None if image_root is None else Path(image_root)  # None: annotations only
+        if self.image_root is not None and not self.image_root.is_dir():
+            raise UserError(f"{self.image_root}: image folder not found")
+        data = read_coco_json(self.ann_file)
+        self.coco = coco_from_dict(data)
+        cats = sorted(data["categories"], key=lambda c: c["id"])
+        self.class_names = [c["name"] for c in cats]
+        self.label_to_category = {i + 1: c["id"] for i, c in enumerate(cats)}
+        category_to_label = {cid: label for label, cid in self.label_to_category.items()}
+        sanitize = BoxSanitizer(str(self.ann_file))
+        keep_empty = not train if keep_empty is None else keep_empty
+        self.records, self.file_names = [], []
+        for image_id in sorted(self.coco.imgs):
+            info = self.coco.imgs[image_id]
+            anns = self.coco.imgToAnns.get(image_id, [])
+            xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+            boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+            keep = sanitize(boxes, info["width"], info["height"])
+            labels = np.array([category_to_label[a["category_id"]] for a in anns], dtype=np.int64)
+            crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+            rec = GroundTruth(image_id, str(info["file_name"]), int(info["width"]), int(info["height"]),
+                              boxes[keep], labels[keep], crowd[keep])
+            if not keep_empty and not (~rec.ignore).any():
+                continue
+            self.records.append(rec)
+            self.file_names.append(info["file_name"])
+        sanitize.report()
+
+    def image_path(self, index: int) -> Path:
+        rec = self.records[index]
+        if self.image_root is None:
+            raise UserError(f"{self.ann_file}: no image folder given, only the annotations can be used")
+        return resolve_inside(self.image_root, self.file_names[index], f"{self.ann_file} image {rec.image_id}")

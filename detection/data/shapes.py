@@ -1,0 +1,108 @@
+"""A deterministic synthetic detection set written to disk in COCO format: the embedded default.
+
+Three classes (ellipse, rectangle, triangle) of varied scale and aspect ratio on textured, cluttered
+backgrounds; objects may overlap (occlusion), and some images have no objects at all. Boxes are the tight
+boxes of each shape's visible-or-not full extent, in continuous pixel coordinates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SHAPE_CLASSES = ("ellipse", "rectangle", "triangle")
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    base = rng.integers(40, 215, 3)
+    img = np.empty((h, w, 3), np.float32)
+    img[:] = base
+    coarse = rng.normal(0, 18, (max(h // 16, 2), max(w // 16, 2), 3)).astype(np.float32)
+    img += cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    for _ in range(int(rng.integers(2, 7))):  # clutter: lines that are not objects
+        p1, p2 = rng.integers(0, [w, h], 2), rng.integers(0, [w, h], 2)
+        color = tuple(int(c) for c in rng.integers(0, 255, 3))
+        cv2.line(img, tuple(int(v) for v in p1), tuple(int(v) for v in p2), color, int(rng.integers(1, 3)))
+    return img
+
+
+def _draw(rng: np.random.Generator, kind: int, h: int, w: int, min_size: int, max_size: int):
+    """A shape mask of class `kind` at a random place, scale and aspect ratio, or None if it does not fit."""
+    size = rng.uniform(min_size, max_size)
+    ratio = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+    bw, bh = size * np.sqrt(ratio), size / np.sqrt(ratio)
+    if bw >= w - 2 or bh >= h - 2:
+        return None
+    cx, cy = rng.uniform(bw / 2, w - bw / 2), rng.uniform(bh / 2, h - bh / 2)
+    mask = np.zeros((h, w), np.uint8)
+    if kind == 0:
+        cv2.ellipse(mask, (round(cx), round(cy)), (int(bw / 2), int(bh / 2)), 0, 0, 360, 1, -1)
+    elif kind == 1:
+        angle = rng.uniform(-20, 20)
+        pts = cv2.boxPoints(((cx, cy), (bw, bh), angle))
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+    else:
+        pts = np.array([[cx, cy - bh / 2], [cx - bw / 2, cy + bh / 2], [cx + bw / 2, cy + bh / 2]])
+        pts += rng.normal(0, size * 0.05, pts.shape)
+        cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+    ys, xs = np.nonzero(mask)
+    if len(xs) < 16:
+        return None
+    return mask, [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def make_split(out_dir: Path, split: str, num_images: int, seed: int, *, min_side: int = 160, max_side: int = 256,
+               max_objects: int = 4, empty_fraction: float = 0.1) -> Path:
+    """Write `<out>/<split>/*.png` and `<out>/annotations/instances_<split>.json`; returns the json path."""
+    rng = np.random.default_rng(seed)
+    (out_dir / split).mkdir(parents=True, exist_ok=True)
+    (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for image_id in range(1, num_images + 1):
+        h, w = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
+        img = _background(rng, h, w)
+        n = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
+        boxes: list[list[float]] = []
+        for _ in range(n):
+            kind = int(rng.integers(0, len(SHAPE_CLASSES)))
+            drawn = _draw(rng, kind, h, w, min(h, w) * 0.12, min(h, w) * 0.6)
+            if drawn is None or any(_iou(drawn[1], b) > 0.3 for b in boxes):
+                continue
+            mask, box = drawn
+            color = rng.integers(0, 255, 3).astype(np.float32)
+            shade = rng.uniform(0.85, 1.15, (h, w, 1)).astype(np.float32)
+            img[mask.astype(bool)] = (color * shade)[mask.astype(bool)]
+            boxes.append(box)
+            x1, y1, x2, y2 = box
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": kind + 1,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(mask.sum()), "iscrowd": 0})
+        img += rng.normal(0, 6, img.shape).astype(np.float32)
+        name = f"{image_id:06d}.png"
+        cv2.imwrite(str(out_dir / split / name), cv2.cvtColor(np.clip(img, 0, 255).astype(np.uint8),
+                                                              cv2.COLOR_RGB2BGR))
+        images.append({"id": image_id, "file_name": name, "width": w, "height": h})
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPE_CLASSES)]
+    ann_file = out_dir / "annotations" / f"instances_{split}.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}),
+                        encoding="utf-8")
+    return ann_file
+
+
+def make_shapes(out_dir: str | os.PathLike, num_train: int = 300, num_val: int = 50, seed: int = 0,
+                **options) -> dict[str, Path]:
+    """The train and val splits (independent random streams from `seed`)."""
+    out_dir = Path(out_dir)
+    return {"train": make_split(out_dir, "train", num_train, seed * 2 + 1, **options),
+            "val": make_split(out_dir, "val", num_val, seed * 2 + 2, **options)}

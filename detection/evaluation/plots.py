@@ -1,0 +1,52 @@
+"""Precision/recall curves per class (PNG) and the per-class AP table (markdown)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], per_class: Mapping[str, float | None],
+                   out_png: str | os.PathLike, title: str = "") -> Path:
+    """One small panel per class: precision against recall, AP in the panel title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(curves)
+    cols = min(5, max(1, len(names)))
+    rows = max(1, math.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        recall, precision = curves[name]
+        ax.set_visible(True)
+        ax.plot(np.concatenate([[0], recall]), np.concatenate([[1], precision]), lw=1.5)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{name}: AP {per_class[name]:.1f}", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.supxlabel("recall", fontsize=9)
+    fig.supylabel("precision", fontsize=9)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def per_class_table(per_class: Mapping[str, float | None], mean: float) -> str:
+    lines = ["| class | AP (%) |", "|---|---|"]
+    for name, ap in per_class.items():
+        lines.append(f"| {name} | {'n/a (no ground truth)' if ap is None else f'{ap:.2f}'} |")
+    lines.append(f"| **mean** | **{mean:.2f}** |")
+    return "\n".join(lines)

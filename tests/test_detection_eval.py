@@ -1,0 +1,206 @@
+"""Detection metrics: COCO AP against pycocotools and published numbers, VOC AP against hand-checked cases
+and an independent implementation's published values, results files, and the eval_det tool."""
+
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from detection.data.common import GroundTruth
+from detection.evaluation import (
+    evaluate_coco_files,
+    read_voc_results,
+    voc_ap,
+    voc_evaluate,
+    write_voc_results,
+)
+from engine.cli import run_cli
+from engine.errors import UserError
+from tests.helpers import voc_xml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import eval_det
+
+
+def _gt(image_id, boxes, labels, ignore=None, name=None):
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    ignore = np.zeros(len(boxes), bool) if ignore is None else np.array(ignore, bool)
+    return GroundTruth(image_id, name or f"2007/{image_id:06d}", 100, 100, boxes, np.array(labels, np.int64),
+                       ignore)
+
+
+def _det(boxes, scores, labels):
+    return {"boxes": np.array(boxes, np.float64).reshape(-1, 4), "scores": np.array(scores, np.float64),
+            "labels": np.array(labels, np.int64)}
+
+
+def test_voc_ap_hand_checked_case_with_difficult_duplicates_and_missing_classes():
+    gts = [_gt(1, [[10, 10, 50, 50], [60, 60, 90, 90], [0, 0, 5, 5]], [1, 1, 3], ignore=[False, True, True]),
+           _gt(2, [[20, 20, 40, 40]], [1])]
+    dets = {1: _det([[11, 11, 50, 50], [12, 10, 49, 50], [60, 61, 90, 90], [0, 70, 10, 80], [10, 10, 50, 50]],
+                    [0.9, 0.8, 0.7, 0.6, 0.5], [1, 1, 1, 1, 2])}
+    # class 1: TP (0.9), duplicate FP (0.8), the difficult box is ignored (0.7), FP (0.6); image 2 is missed.
+    # recall 1/2, 1/2, 1/2 and precision 1, 1/2, 1/3 over 2 positives.
+    r12 = voc_evaluate(dets, gts, ["a", "b", "c"], use_07_metric=False)
+    r07 = voc_evaluate(dets, gts, ["a", "b", "c"], use_07_metric=True)
+    assert r12["per_class"]["a"] == pytest.approx(50.0)  # area: 0.5 x precision 1
+    assert r07["per_class"]["a"] == pytest.approx(100 * 6 / 11)  # 11-point: 1 at recall 0..0.5, then 0
+    assert r12["per_class"]["b"] is None and r12["per_class"]["c"] is None  # no (non-difficult) ground truth
+    assert r12["mAP"] == pytest.approx(50.0) and r07["mAP"] == pytest.approx(100 * 6 / 11)
+    recall, precision = r12["curves"]["a"]
+    assert recall.tolist() == [0.5, 0.5, 0.5] and precision.tolist() == pytest.approx([1, 0.5, 1 / 3])
+
+
+def test_voc_ap_edge_cases_by_hand():
+    assert voc_ap(np.array([]), np.array([])) == 0.0
+    assert voc_ap(np.array([0.5, 1.0]), np.array([1.0, 0.5])) == pytest.approx(0.75)
+    assert voc_ap(np.array([0.5, 1.0]), np.array([1.0, 0.5]), use_07_metric=True) == pytest.approx(
+        (6 * 1.0 + 5 * 0.5) / 11)
+    gts = [_gt(1, [[0, 0, 10, 10]], [1]), _gt(2, [[0, 0, 10, 10]], [1])]
+    assert voc_evaluate({}, gts, ["a"])["mAP"] == 0.0  # no detections at all
+    perfect = {1: _det([[0, 0, 10, 10]], [0.3], [1]), 2: _det([[0, 0, 10, 10]], [0.2], [1])}
+    assert voc_evaluate(perfect, gts, ["a"])["mAP"] == pytest.approx(100.0)
+    # IoU exactly 0.5 counts (the devkit's ">="): a 10x10 box against a 10x20 box covering it
+    half = {1: _det([[0, 0, 10, 20]], [0.5], [1])}
+    assert voc_evaluate(half, gts[:1], ["a"])["mAP"] == pytest.approx(100.0)
+    with pytest.raises(UserError, match="not in the ground truth"):
+        voc_evaluate({9: _det([[0, 0, 1, 1]], [1.0], [1])}, gts, ["a"])
+
+
+def _read_case(folder: Path):
+    """rafaelpadilla's text format: `cls x y w h` / `cls conf x y w h`, boxes inclusive of x + w (the +1
+    convention), i.e. the continuous box [x, x + w + 1)."""
+    gts, dets = [], {}
+    for i, path in enumerate(sorted((folder / "gts").glob("*.txt"))):
+        g = np.array([[float(v) for v in line.split()[1:]] for line in path.read_text().splitlines() if line.strip()])
+        gts.append(_gt(i, np.c_[g[:, :2], g[:, :2] + g[:, 2:] + 1], np.ones(len(g))))
+        d = np.array([[float(v) for v in line.split()[1:]] for line in (folder / "dets" / path.name).read_text()
+                     .splitlines() if line.strip()]).reshape(-1, 5)
+        dets[i] = _det(np.c_[d[:, 1:3], d[:, 1:3] + d[:, 3:] + 1], d[:, 0], np.ones(len(d)))
+    return gts, dets
+
+
+@pytest.mark.parametrize("iou,ap11,ap_all", [(0.1, 0.3333333333, 0.3371980676), (0.3, 0.2683982683, 0.2456866804),
+                                             (0.5, 0.0303030303, 0.0222222222), (0.75, 0.0, 0.0)])
+def test_voc_ap_equals_an_independent_implementation(shared_data, iou, ap11, ap_all):
+    gts, dets = _read_case(shared_data / "rafaelpadilla-review-odm" / "tests" / "test_case_1")
+    assert voc_evaluate(dets, gts, ["object"], True, iou)["mAP"] / 100 == pytest.approx(ap11, abs=1e-9)
+    assert voc_evaluate(dets, gts, ["object"], False, iou)["mAP"] / 100 == pytest.approx(ap_all, abs=1e-9)
+
+
+def test_devkit_results_files_round_trip(tmp_path):
+    gts = [_gt(0, [[10, 10, 50, 50]], [1], name="2007/000005"), _gt(1, [[5, 5, 20, 30]], [2], name="2007/000007")]
+    dets = {0: _det([[10.5, 10, 50, 49.5], [0, 0, 9, 9]], [0.9, 0.4], [1, 2]), 1: _det([[5, 5, 20, 30]], [0.8], [2])}
+    paths = write_voc_results(tmp_path, "test", dets, gts, ["cat", "dog"])
+    assert [p.name for p in paths] == ["comp4_det_test_cat.txt", "comp4_det_test_dog.txt"]
+    assert paths[0].read_text() == "000005 0.900000 11.50 11.00 50.00 49.50\n"  # 1-based x1, y1
+    back = read_voc_results(tmp_path, "test", gts, ["cat", "dog"])
+    for image_id, det in dets.items():
+        order = np.argsort(-det["scores"])
+        assert np.allclose(back[image_id]["boxes"][np.argsort(-back[image_id]["scores"])], det["boxes"][order])
+    assert voc_evaluate(back, gts, ["cat", "dog"])["mAP"] == voc_evaluate(dets, gts, ["cat", "dog"])["mAP"]
+    paths[1].write_text("000007 0.5 1 2 3\n")
+    with pytest.raises(UserError, match="comp4_det_test_dog.txt:1: expected"):
+        read_voc_results(tmp_path, "test", gts, ["cat", "dog"])
+    paths[1].write_text("999999 0.5 1 2 3 4\n")
+    with pytest.raises(UserError, match="image '999999' is not in the test set"):
+        read_voc_results(tmp_path, "test", gts, ["cat", "dog"])
+
+
+def _random_coco(tmp_path, seed=0, images=30):
+    rng = np.random.default_rng(seed)
+    gt = {"images": [], "annotations": [], "categories": [{"id": c, "name": f"c{c}"} for c in (1, 3, 7)]}
+    results = []
+    for i in range(1, images + 1):
+        gt["images"].append({"id": i, "file_name": f"{i}.jpg", "width": 640, "height": 480})
+        for _ in range(rng.integers(0, 6)):
+            x, y = rng.uniform(0, 500), rng.uniform(0, 380)
+            w, h = rng.uniform(4, 140), rng.uniform(4, 100)
+            cat = int(rng.choice([1, 3, 7]))
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": cat,
+                                      "bbox": [x, y, w, h], "area": w * h, "iscrowd": int(rng.random() < 0.05)})
+            if rng.random() < 0.8:
+                jitter = rng.normal(0, 6, 4)
+                results.append({"image_id": i, "category_id": cat if rng.random() < 0.9 else 1,
+                                "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]],
+                                "score": float(rng.random())})
+        for _ in range(rng.integers(0, 3)):
+            results.append({"image_id": i, "category_id": 3, "bbox": [*rng.uniform(0, 400, 2), 30, 30],
+                            "score": float(rng.random())})
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "dt.json").write_text(json.dumps(results))
+    return tmp_path / "gt.json", tmp_path / "dt.json"
+
+
+def test_coco_ap_equals_pycocotools_run_directly_and_the_faster_backend(tmp_path):
+    gt_file, dt_file = _random_coco(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+        direct = COCOeval(gt, gt.loadRes(str(dt_file)), "bbox")
+        direct.evaluate()
+        direct.accumulate()
+        direct.summarize()
+    ours = evaluate_coco_files(gt_file, dt_file)
+    names = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+    assert [ours[n] for n in names] == [100 * v for v in direct.stats]
+    fast = evaluate_coco_files(gt_file, dt_file, backend="faster_coco_eval")
+    assert [fast[n] for n in names] == pytest.approx([ours[n] for n in names], abs=1e-10)
+
+
+def test_coco_ap_matches_the_published_cocoapi_numbers(shared_data):
+    folder = shared_data / "coco-val2014-100-eval"
+    line = next(x for x in (folder / "expected_stats.txt").read_text().splitlines() if x.startswith("bbox "))
+    expected = [100 * float(v) for v in line.split()[1:]]
+    for backend in ("pycocotools", "faster_coco_eval"):
+        got = evaluate_coco_files(folder / "instances_val2014_100.json",
+                                  folder / "instances_val2014_fakebbox100_results.json", backend)
+        assert list(got.values()) == pytest.approx(expected, abs=1e-10)
+
+
+def test_eval_det_tool_on_coco_and_devkit_results(tmp_path, capsys):
+    gt_file, dt_file = _random_coco(tmp_path)
+    out = tmp_path / "m.json"
+    assert run_cli(eval_det.main, ["--annotations", str(gt_file), "--results", str(dt_file), "--json", str(out)]) == 0
+    assert set(json.loads(out.read_text())) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert run_cli(eval_det.main, ["--annotations", str(gt_file), "--results", str(dt_file), "--metric", "voc07",
+                                   "--json", str(out), "--output", str(tmp_path / "plots")]) == 0
+    voc = json.loads(out.read_text())
+    assert set(voc) == {"mAP", "per_class"} and set(voc["per_class"]) == {"c1", "c3", "c7"}
+    assert (tmp_path / "plots" / "pr_curves_voc07.png").stat().st_size > 0
+    capsys.readouterr()
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{\"image_id\": 1}]")
+    assert run_cli(eval_det.main, ["--annotations", str(gt_file), "--results", str(bad)]) == 2
+    assert "bad.json: detection 0 needs image_id, category_id, bbox and score" in capsys.readouterr().err
+    bad.write_text(json.dumps([{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]))
+    assert run_cli(eval_det.main, ["--annotations", str(gt_file), "--results", str(bad)]) == 2
+    assert "image_id are not in the ground truth" in capsys.readouterr().err
+
+
+def test_eval_det_tool_on_a_vocdevkit(tmp_path, capsys):
+    base = tmp_path / "VOCdevkit" / "VOC2007"
+    for sub in ("Annotations", "ImageSets/Main", "JPEGImages"):
+        (base / sub).mkdir(parents=True)
+    (base / "ImageSets" / "Main" / "test.txt").write_text("000001\n000002\n")
+    (base / "Annotations" / "000001.xml").write_text(voc_xml([("dog", (11, 11, 50, 50), False)], 100, 100))
+    (base / "Annotations" / "000002.xml").write_text(voc_xml([("cat", (1, 1, 20, 20), False),
+                                                              ("dog", (30, 5, 40, 30), True)], 100, 100))
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "comp4_det_test_dog.txt").write_text("000001 0.9 11 11 50 50\n000002 0.8 30 5 40 30\n")
+    (results / "comp4_det_test_cat.txt").write_text("000002 0.7 40 30 59 39\n000002 0.6 1 1 20 20\n")
+    args = ["--dataset", "voc07", "--data", str(tmp_path / "VOCdevkit"), "--split", "test", "--results",
+            str(results), "--json", str(tmp_path / "m.json")]
+    assert run_cli(eval_det.main, [*args, "--metric", "voc07"]) == 0
+    per_class = json.loads((tmp_path / "m.json").read_text())["per_class"]
+    assert per_class["dog"] == pytest.approx(100.0)  # the difficult dog is ignored, not a false positive
+    assert per_class["cat"] == pytest.approx(100 * (6 * 0.5 + 5 * 0.5) / 11)  # TP at rank 2: precision 1/2
+    assert run_cli(eval_det.main, [*args, "--metric", "voc12"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["per_class"]["cat"] == pytest.approx(50.0)
+    assert "mAP" in capsys.readouterr().out
