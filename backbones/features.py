@@ -84,12 +84,13 @@ def backbone_from_model(model: nn.Module, out_features: Sequence[str] | None = N
 
 
 def split_model(model: nn.Module, trunk_end: str = "res4", *, freeze_at: int = 0,
-                frozen_bn: bool = False) -> tuple[Backbone, nn.Sequential, ShapeSpec]:
+                frozen_bn: bool = False) -> tuple[Backbone, nn.Module, ShapeSpec]:
     """Split a classifier into a shared trunk ending at `trunk_end` and the remaining stages as a head.
 
     With the default `res4` this is the paper's ResNet "C4" design: conv1..conv4_x run on the whole image
     (stride 16), conv5_x runs per region. Returns (trunk, head, head output shape); the head's first block
-    keeps its stride 2.
+    keeps its stride 2. A single remaining stage is returned as it is (`res5`: its blocks `0`, `1`, ...),
+    several as a `Sequential` named by stage.
     """
     stages = _stages_of(model)
     names = [s.name for s in stages]
@@ -98,7 +99,8 @@ def split_model(model: nn.Module, trunk_end: str = "res4", *, freeze_at: int = 0
                         f"split points: {', '.join(names[:-1])}")
     cut = names.index(trunk_end) + 1
     trunk = backbone_from_model(model, [trunk_end], freeze_at=freeze_at, frozen_bn=frozen_bn)
-    head = nn.Sequential(OrderedDict((s.name, s.module) for s in stages[cut:]))
+    rest = stages[cut:]
+    head = rest[0].module if len(rest) == 1 else nn.Sequential(OrderedDict((s.name, s.module) for s in rest))
     if frozen_bn:
         freeze_batchnorm(head)
     return trunk, head, ShapeSpec(stages[-1].channels, stages[-1].stride)

@@ -1,0 +1,135 @@
+"""`build_detector(cfg, num_classes)`: the only place that turns a detection config into modules.
+
+`DEFAULTS` lists every model key with the Faster R-CNN / paper value; `configs/detection/*.yaml` change
+them per experiment (e.g. detectron2's C4 recipe: anchors 32..512, 512 RoIs, RoIAlign 14x14).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from omegaconf import DictConfig
+from torch import nn
+
+import backbones
+from backbones.features import model_head_prefixes
+from detection.anchors import AnchorGenerator
+from detection.box_coder import BoxCoder
+from detection.faster_rcnn import FasterRCNN
+from detection.matcher import Matcher
+from detection.roi_heads import C4BoxHead, FastRCNNPredictor, RoIHeads, RoIPooler, VGGBoxHead
+from detection.rpn import RegionProposalNetwork, RPNHead
+from detection.transform import DetectionTransform
+from engine.config import to_dict
+from engine.errors import UserError
+
+MODEL_DEFAULTS: dict[str, Any] = {
+    "backbone": "resnet101",
+    "backbone_options": {},
+    "weights": None,  # ImageNet weights: a train_cls.py model_final.pth or a torchvision state dict
+    "freeze_at": 2,  # stem and res2 (VGG: conv1, conv2) frozen; BN frozen everywhere in ResNets
+    "pixel_mean": [123.675, 116.28, 103.53],
+    "pixel_std": [58.395, 57.12, 57.375],
+    "channel_order": "RGB",
+    "min_size": [600],
+    "max_size": 1000,
+    "test_min_size": None,
+    "size_divisibility": 32,
+    "anchor_sizes": [128, 256, 512],
+    "aspect_ratios": [0.5, 1.0, 2.0],
+    "rpn": {
+        "batch_size_per_image": 256, "positive_fraction": 0.5, "iou_thresholds": [0.3, 0.7],
+        "pre_nms_topk_train": 12000, "post_nms_topk_train": 2000, "pre_nms_topk_test": 6000,
+        "post_nms_topk_test": 300, "nms_thresh": 0.7, "min_box_size": 0.0, "smooth_l1_beta": 0.1111,
+        "loss_weight": 1.0,
+    },
+    "roi": {
+        "pooler": None,  # roialign (C4 default) or roipool (the paper's; VGG default)
+        "pooler_resolution": None,  # 14 for C4, 7 for VGG
+        "sampling_ratio": 0, "aligned": True, "batch_size_per_image": 128, "positive_fraction": 0.25,
+        "fg_iou": 0.5, "bg_iou_low": 0.1, "bbox_reg_weights": [10.0, 10.0, 5.0, 5.0], "smooth_l1_beta": 1.0,
+        "score_thresh": 0.05, "nms_thresh": 0.3, "detections_per_image": 100, "dropout": 0.5,
+    },
+}
+
+
+def _load_classifier(m: DictConfig | dict) -> nn.Module:
+    classifier = backbones.build_model(m["backbone"], **to_dict(m["backbone_options"]))
+    if m["weights"]:
+        weights = backbones.read_weights(m["weights"])
+        if weights.arch and weights.arch != m["backbone"]:
+            raise UserError(f"{m['weights']}: holds {weights.arch} weights but the detector backbone is "
+                            f"{m['backbone']}")
+        backbones.load_weights(classifier, weights, arch=m["backbone"], skip_prefixes=model_head_prefixes(classifier))
+    return classifier
+
+
+def build_detector(cfg: DictConfig | dict, num_classes: int) -> FasterRCNN:
+    """Faster R-CNN from `cfg.model` (see `MODEL_DEFAULTS`) for `num_classes` object classes."""
+    m = cfg["model"]
+    family = backbones.model_info(m["backbone"]).family
+    classifier = _load_classifier(m)
+    rpn_cfg, roi = m["rpn"], m["roi"]
+    if family in ("resnet", "plain"):
+        trunk, res5, head_shape = backbones.split_model(classifier, "res4", freeze_at=m["freeze_at"], frozen_bn=True)
+        feature_name = "res4"
+        box_head: nn.Module = C4BoxHead(res5, head_shape.channels)
+        pooler_kind, resolution = roi["pooler"] or "roialign", roi["pooler_resolution"] or 14
+    elif family == "vgg":
+        last = classifier.stages()[-1].name
+        trunk = backbones.backbone_from_model(classifier, [last], freeze_at=m["freeze_at"])
+        feature_name = last
+        box_head = VGGBoxHead(classifier.classifier[0], classifier.classifier[3], roi["dropout"])
+        pooler_kind, resolution = roi["pooler"] or "roipool", roi["pooler_resolution"] or 7
+        if resolution != 7:
+            raise UserError(f"{m['backbone']}: fc6 takes 7x7 regions; model.roi.pooler_resolution must be 7")
+    else:
+        raise UserError(f"{m['backbone']}: detectors are built on ImageNet resnet*, plain* or vgg* backbones")
+    feature_shape = trunk.output_shape()[feature_name]
+    anchors = AnchorGenerator(m["anchor_sizes"], m["aspect_ratios"], feature_shape.stride)
+    rpn = RegionProposalNetwork(
+        RPNHead(feature_shape.channels, anchors.num_anchors), anchors,
+        matcher=Matcher(rpn_cfg["iou_thresholds"], (0, -1, 1), allow_low_quality_matches=True),
+        batch_size_per_image=rpn_cfg["batch_size_per_image"], positive_fraction=rpn_cfg["positive_fraction"],
+        pre_nms_topk=(rpn_cfg["pre_nms_topk_train"], rpn_cfg["pre_nms_topk_test"]),
+        post_nms_topk=(rpn_cfg["post_nms_topk_train"], rpn_cfg["post_nms_topk_test"]),
+        nms_thresh=rpn_cfg["nms_thresh"], min_box_size=rpn_cfg["min_box_size"],
+        smooth_l1_beta=rpn_cfg["smooth_l1_beta"], loss_weight=rpn_cfg["loss_weight"])
+    roi_heads = RoIHeads(
+        RoIPooler(resolution, 1.0 / feature_shape.stride, pooler_kind, roi["sampling_ratio"], roi["aligned"]),
+        box_head, FastRCNNPredictor(box_head.out_features, num_classes), num_classes,
+        matcher=Matcher((roi["bg_iou_low"], roi["fg_iou"]), (-1, 0, 1)),
+        box_coder=BoxCoder(roi["bbox_reg_weights"]), batch_size_per_image=roi["batch_size_per_image"],
+        positive_fraction=roi["positive_fraction"], smooth_l1_beta=roi["smooth_l1_beta"],
+        score_thresh=roi["score_thresh"], nms_thresh=roi["nms_thresh"],
+        detections_per_image=roi["detections_per_image"])
+    transform = DetectionTransform(m["min_size"], m["max_size"], m["test_min_size"], m["pixel_mean"], m["pixel_std"],
+                                   m["channel_order"], m["size_divisibility"])
+    return FasterRCNN(trunk, rpn, roi_heads, transform, feature_name)
+
+
+def detector_checkpoint(model: nn.Module, cfg: DictConfig | dict, class_names: list[str]) -> dict[str, Any]:
+    """What `load_detector` reads back: the config that builds the model, class names and weights."""
+    return {"kind": "faster_rcnn", "config": to_dict(cfg), "class_names": list(class_names),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def load_detector(path: str | os.PathLike) -> tuple[FasterRCNN, dict[str, Any], list[str]]:
+    """A detector from `detector_checkpoint` output or a training checkpoint of `train_det.py`."""
+    from engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    if state.get("kind") != "faster_rcnn" or "config" not in state:
+        what = f"a {state['arch']} classifier checkpoint" if "arch" in state else "not a detector checkpoint"
+        raise UserError(f"{path}: {what} (expected model_final.pth or a checkpoint of train_det.py)")
+    cfg = state["config"]
+    cfg["model"]["weights"] = None  # the detector's own weights follow
+    model = build_detector(cfg, len(state["class_names"]))
+    weights = state.get("state_dict", state.get("model"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{path}: weights do not fit the detector its config describes "
+                        f"({len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
+                        f"e.g. {unexpected[:2]})")
+    return model, cfg, state["class_names"]

@@ -1,0 +1,148 @@
+"""Per-region part of Faster R-CNN: RoI pooling, the box head (ResNet res5 or VGG fc6/fc7), the sibling
+classifier and class-specific box regressor, their losses, and test-time post-processing."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
+
+from detection.box_coder import BoxCoder
+from detection.matcher import Matcher
+from detection.sampler import sample_labels
+
+
+class RoIPooler(nn.Module):
+    """RoIAlign (`aligned=True` is detectron2's ROIAlignV2) or the paper's RoIPool, to a fixed grid."""
+
+    def __init__(self, output_size: int, spatial_scale: float, kind: str = "roialign", sampling_ratio: int = 0,
+                 aligned: bool = True) -> None:
+        super().__init__()
+        if kind not in ("roialign", "roipool"):
+            raise ValueError(f"pooler must be roialign or roipool, got {kind!r}")
+        self.output_size, self.spatial_scale, self.kind = output_size, spatial_scale, kind
+        self.sampling_ratio, self.aligned = sampling_ratio, aligned
+
+    def forward(self, feature: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
+        boxes = [b.to(feature.dtype) for b in boxes]
+        if self.kind == "roipool":
+            return roi_pool(feature, boxes, self.output_size, self.spatial_scale)
+        return roi_align(feature, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+
+
+class C4BoxHead(nn.Module):
+    """ResNet conv5_x run on every pooled region (its first block halves 14x14 to 7x7), then global average
+    pooling: the paper's "RoI pooling before conv5_1" design."""
+
+    def __init__(self, res5: nn.Module, out_channels: int) -> None:
+        super().__init__()
+        self.res5, self.out_features = res5, out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.res5(x).mean(dim=(2, 3))
+
+
+class VGGBoxHead(nn.Module):
+    """VGG-16's fc6 and fc7 (initialised from the ImageNet classifier) on 7x7 pooled regions."""
+
+    def __init__(self, fc6: nn.Linear, fc7: nn.Linear, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.fc6, self.fc7, self.dropout = fc6, fc7, nn.Dropout(dropout)
+        self.out_features = fc7.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(F.relu(self.fc6(x.flatten(1))))
+        return self.dropout(F.relu(self.fc7(x)))
+
+
+class FastRCNNPredictor(nn.Module):
+    """Sibling layers: K+1 class scores (0 is background) and 4 box deltas for each of the K classes."""
+
+    def __init__(self, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.cls_score = nn.Linear(in_features, num_classes + 1)
+        self.bbox_pred = nn.Linear(in_features, num_classes * 4)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class RoIHeads(nn.Module):
+    """Samples `batch_size_per_image` proposals per image (`positive_fraction` foreground at IoU >= 0.5,
+    background in [0.1, 0.5)), pools, classifies and regresses them; at test time decodes, clips, drops
+    scores below `score_thresh`, runs per-class NMS and keeps `detections_per_image`."""
+
+    def __init__(self, pooler: RoIPooler, box_head: nn.Module, predictor: FastRCNNPredictor, num_classes: int, *,
+                 matcher: Matcher | None = None, box_coder: BoxCoder | None = None, batch_size_per_image: int = 128,
+                 positive_fraction: float = 0.25, proposal_append_gt: bool = True, smooth_l1_beta: float = 1.0,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_image: int = 100) -> None:
+        super().__init__()
+        self.pooler, self.box_head, self.predictor, self.num_classes = pooler, box_head, predictor, num_classes
+        self.matcher = matcher or Matcher((0.1, 0.5), (-1, 0, 1))
+        self.box_coder = box_coder or BoxCoder((10.0, 10.0, 5.0, 5.0))
+        self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
+        self.proposal_append_gt, self.smooth_l1_beta = proposal_append_gt, smooth_l1_beta
+        self.score_thresh, self.nms_thresh, self.detections_per_image = score_thresh, nms_thresh, detections_per_image
+
+    @torch.no_grad()
+    def sample(self, proposals: list[torch.Tensor], targets: list[dict]
+               ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Sampled boxes per image, their class labels (0 background) and matched ground-truth boxes."""
+        boxes_out, labels_out, gt_out = [], [], []
+        for props, target in zip(proposals, targets, strict=True):
+            gt, gt_labels = target["boxes"], target["labels"]
+            if self.proposal_append_gt:
+                props = torch.cat([props, gt.to(props.dtype)])
+            matches, match_labels = self.matcher(box_iou(gt, props))
+            classes = gt_labels[matches] if len(gt) else torch.zeros_like(matches)
+            classes = torch.where(match_labels == 1, classes, torch.zeros_like(classes))
+            classes[match_labels == -1] = -1
+            pos, neg = sample_labels(classes, self.batch_size_per_image, self.positive_fraction)
+            keep = torch.cat([pos, neg])
+            boxes_out.append(props[keep])
+            labels_out.append(classes[keep])
+            gt_out.append(gt[matches[keep]] if len(gt) else props[keep])
+        return boxes_out, torch.cat(labels_out), torch.cat(gt_out)
+
+    def forward(self, feature: torch.Tensor, proposals: list[torch.Tensor], image_sizes: list[tuple[int, int]],
+                targets: list[dict] | None = None) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            proposals, labels, gt_boxes = self.sample(proposals, targets)
+        x = self.box_head(self.pooler(feature, proposals))
+        class_logits, box_deltas = self.predictor(x)
+        if self.training:
+            return [], self.losses(class_logits, box_deltas, torch.cat(proposals), labels, gt_boxes)
+        return self.inference(class_logits, box_deltas, proposals, image_sizes), {}
+
+    def losses(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: torch.Tensor,
+               labels: torch.Tensor, gt_boxes: torch.Tensor) -> dict[str, torch.Tensor]:
+        loss_cls = F.cross_entropy(class_logits, labels, reduction="mean")
+        fg = torch.nonzero(labels > 0, as_tuple=True)[0]
+        deltas = box_deltas.view(len(labels), self.num_classes, 4)[fg, labels[fg] - 1]
+        targets = self.box_coder.encode(proposals[fg], gt_boxes[fg])
+        loss_loc = F.smooth_l1_loss(deltas, targets, beta=self.smooth_l1_beta, reduction="sum")
+        return {"loss_cls": loss_cls, "loss_box_reg": loss_loc / max(1, labels.numel())}
+
+    @torch.no_grad()
+    def inference(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: list[torch.Tensor],
+                  image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        probs = F.softmax(class_logits.float(), dim=1)[:, 1:]
+        boxes = self.box_coder.decode(box_deltas.float(), torch.cat(proposals)).view(-1, self.num_classes, 4)
+        results = []
+        for (h, w), p, b in zip(image_sizes, probs.split([len(x) for x in proposals]),
+                                boxes.split([len(x) for x in proposals]), strict=True):
+            b = torch.stack([b[..., 0].clamp(0, w), b[..., 1].clamp(0, h), b[..., 2].clamp(0, w),
+                             b[..., 3].clamp(0, h)], dim=-1)
+            labels = torch.arange(1, self.num_classes + 1, device=p.device).expand_as(p)
+            keep = (p > self.score_thresh) & (b[..., 2] > b[..., 0]) & (b[..., 3] > b[..., 1])
+            b, p, labels = b[keep], p[keep], labels[keep]
+            kept = batched_nms(b, p, labels, self.nms_thresh)[: self.detections_per_image]
+            results.append({"boxes": b[kept], "scores": p[kept], "labels": labels[kept]})
+        return results

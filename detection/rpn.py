@@ -1,0 +1,119 @@
+"""Region Proposal Network: a small conv head on the shared feature map, its losses, and proposals."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import batched_nms, box_iou, remove_small_boxes
+
+from detection.anchors import AnchorGenerator
+from detection.box_coder import BoxCoder
+from detection.matcher import Matcher
+from detection.sampler import sample_labels
+from detection.structures import ImageList
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then sibling 1x1 convs: an objectness logit and 4 deltas per anchor."""
+
+    def __init__(self, in_channels: int, num_anchors: int, conv_channels: int | None = None) -> None:
+        super().__init__()
+        conv_channels = conv_channels or in_channels
+        self.conv = nn.Conv2d(in_channels, conv_channels, kernel_size=3, padding=1)
+        self.objectness_logits = nn.Conv2d(conv_channels, num_anchors, kernel_size=1)
+        self.anchor_deltas = nn.Conv2d(conv_channels, num_anchors * 4, kernel_size=1)
+        for layer in (self.conv, self.objectness_logits, self.anchor_deltas):
+            nn.init.normal_(layer.weight, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = F.relu(self.conv(x))
+        return self.objectness_logits(x), self.anchor_deltas(x)
+
+
+def clip_to_sizes(boxes: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+    """Clip boxes (..., 4) to per-row (width, height) `limits` (..., 2)."""
+    upper = torch.cat([limits, limits], dim=-1)
+    return torch.minimum(boxes.clamp(min=0), upper)
+
+
+class RegionProposalNetwork(nn.Module):
+    """Scores and refines anchors; returns per-image proposals and, in training, its two losses.
+
+    Defaults follow Faster R-CNN: 256 anchors per image at most half positive (IoU >= 0.7, or the best
+    anchor of a box) against negatives (IoU < 0.3); proposals: top `pre_nms_topk` by objectness, NMS 0.7,
+    then `post_nms_topk` (2000 training / 300 testing). Losses are normalised by the sampled anchor count.
+    """
+
+    def __init__(self, head: RPNHead, anchor_generator: AnchorGenerator, *, matcher: Matcher | None = None,
+                 box_coder: BoxCoder | None = None, batch_size_per_image: int = 256, positive_fraction: float = 0.5,
+                 pre_nms_topk: tuple[int, int] = (12000, 6000), post_nms_topk: tuple[int, int] = (2000, 300),
+                 nms_thresh: float = 0.7, min_box_size: float = 0.0, smooth_l1_beta: float = 1 / 9,
+                 loss_weight: float = 1.0) -> None:
+        super().__init__()
+        self.head, self.anchor_generator = head, anchor_generator
+        self.matcher = matcher or Matcher((0.3, 0.7), (0, -1, 1), allow_low_quality_matches=True)
+        self.box_coder = box_coder or BoxCoder((1.0, 1.0, 1.0, 1.0))
+        self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
+        self.pre_nms_topk, self.post_nms_topk = pre_nms_topk, post_nms_topk
+        self.nms_thresh, self.min_box_size = nms_thresh, min_box_size
+        self.smooth_l1_beta, self.loss_weight = smooth_l1_beta, loss_weight
+
+    def forward(self, images: ImageList, feature: torch.Tensor, targets: list[dict] | None = None
+                ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        logits, deltas = self.head(feature)
+        anchors = self.anchor_generator(feature)
+        b, a, h, w = logits.shape
+        logits = logits.permute(0, 2, 3, 1).reshape(b, -1)  # (B, H*W*A), the anchors' order
+        deltas = deltas.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4)
+        proposals = self.find_proposals(anchors, logits.detach(), deltas.detach(), images.image_sizes)
+        losses = {}
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode")
+            losses = self.losses(anchors, logits, deltas, targets)
+        return proposals, losses
+
+    @torch.no_grad()
+    def find_proposals(self, anchors: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor,
+                       image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+        pre = self.pre_nms_topk[0 if self.training else 1]
+        post = self.post_nms_topk[0 if self.training else 1]
+        b = logits.shape[0]
+        scores, idx = logits.topk(min(pre, logits.shape[1]), dim=1)
+        k = idx.shape[1]
+        boxes = self.box_coder.decode(deltas.gather(1, idx[..., None].expand(b, k, 4)).reshape(-1, 4),
+                                      anchors[idx.reshape(-1)]).view(b, k, 4)
+        limits = torch.tensor([[w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
+        boxes = clip_to_sizes(boxes, limits[:, None, :]).reshape(-1, 4)
+        scores = scores.reshape(-1)
+        image_idx = torch.arange(b, device=boxes.device).repeat_interleave(k)
+        keep = remove_small_boxes(boxes, self.min_box_size) if self.min_box_size > 0 else torch.nonzero(
+            (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]), as_tuple=True)[0]
+        keep = keep[torch.isfinite(scores[keep])]
+        boxes, scores, image_idx = boxes[keep], scores[keep], image_idx[keep]
+        keep = batched_nms(boxes, scores, image_idx, self.nms_thresh)  # sorted by decreasing score
+        return [boxes[keep[image_idx[keep] == i][:post]] for i in range(b)]
+
+    def losses(self, anchors: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor,
+               targets: list[dict]) -> dict[str, torch.Tensor]:
+        labels, box_targets = [], []
+        for target in targets:
+            gt = target["boxes"]
+            matches, match_labels = self.matcher(box_iou(gt, anchors))
+            sampled = torch.full_like(match_labels, -1)
+            pos, neg = sample_labels(match_labels, self.batch_size_per_image, self.positive_fraction)
+            sampled[pos], sampled[neg] = 1, 0
+            labels.append(sampled)
+            box_targets.append(gt[matches] if len(gt) else torch.zeros_like(anchors))
+        labels_t, gt_boxes = torch.stack(labels), torch.stack(box_targets)
+        valid, positive = labels_t >= 0, labels_t == 1
+        normalizer = self.batch_size_per_image * len(targets)
+        objectness = F.binary_cross_entropy_with_logits(logits[valid], labels_t[valid].to(logits.dtype),
+                                                        reduction="sum")
+        pos_anchors = anchors.expand(len(targets), -1, -1)[positive]
+        regression = F.smooth_l1_loss(deltas[positive], self.box_coder.encode(pos_anchors, gt_boxes[positive]),
+                                      beta=self.smooth_l1_beta, reduction="sum")
+        return {"loss_rpn_cls": self.loss_weight * objectness / normalizer,
+                "loss_rpn_loc": self.loss_weight * regression / normalizer}

@@ -1,0 +1,32 @@
+"""`ImageList`: a padded batch of differently sized images and the size of each before padding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ImageList:
+    tensors: torch.Tensor  # (B, C, H, W), zero-padded at the bottom and right
+    image_sizes: list[tuple[int, int]]  # (height, width) of each image inside the padding
+
+    def __len__(self) -> int:
+        return len(self.image_sizes)
+
+    def to(self, device: torch.device | str) -> ImageList:
+        return ImageList(self.tensors.to(device), self.image_sizes)
+
+    @classmethod
+    def from_tensors(cls, images: list[torch.Tensor], size_divisibility: int = 0) -> ImageList:
+        """Pad to the largest height and width (rounded up to a multiple of `size_divisibility`)."""
+        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        max_h, max_w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+        if size_divisibility > 1:
+            max_h = -(-max_h // size_divisibility) * size_divisibility
+            max_w = -(-max_w // size_divisibility) * size_divisibility
+        batch = images[0].new_zeros(len(images), images[0].shape[0], max_h, max_w)
+        for im, pad in zip(images, batch, strict=True):
+            pad[:, : im.shape[-2], : im.shape[-1]].copy_(im)
+        return cls(batch, sizes)

@@ -1,0 +1,242 @@
+"""Faster R-CNN parts against hand-computed values, and the assembled detector's behaviour."""
+
+import copy
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import backbones
+from backbones import FrozenBatchNorm2d
+from detection.anchors import AnchorGenerator
+from detection.box_coder import BoxCoder
+from detection.build import MODEL_DEFAULTS, build_detector, detector_checkpoint, load_detector
+from detection.data.common import GroundTruth
+from detection.evaluation import voc_evaluate
+from detection.matcher import Matcher
+from detection.rpn import RegionProposalNetwork, RPNHead
+from detection.sampler import sample_labels
+from detection.structures import ImageList
+from detection.transform import DetectionTransform, resized_shape
+from engine.errors import UserError
+
+
+def small_cfg(backbone="resnet18", **model):
+    cfg = {"model": copy.deepcopy(MODEL_DEFAULTS)}
+    options = {"width": 4, "hidden": 16} if backbone.startswith("vgg") else {"width": 8}
+    cfg["model"].update({"backbone": backbone, "backbone_options": options, "min_size": [96], "max_size": 160,
+                         "anchor_sizes": [16, 32, 64], "size_divisibility": 16, **model})
+    cfg["model"]["rpn"].update(pre_nms_topk_train=500, post_nms_topk_train=100, pre_nms_topk_test=500,
+                               post_nms_topk_test=50)
+    cfg["model"]["roi"].update(batch_size_per_image=32)
+    return cfg
+
+
+def test_anchors_by_hand():
+    gen = AnchorGenerator(sizes=[32], aspect_ratios=[0.5, 1.0, 2.0], stride=16)
+    anchors = gen(torch.zeros(1, 1, 2, 3))
+    assert anchors.shape == (2 * 3 * 3, 4)
+    w, h = 32 / math.sqrt(0.5), 32 * math.sqrt(0.5)  # ratio = h / w, area 32^2
+    expected_first = torch.tensor([[-w / 2, -h / 2, w / 2, h / 2], [-16, -16, 16, 16], [-h / 2, -w / 2, h / 2, w / 2]])
+    torch.testing.assert_close(anchors[:3], expected_first)
+    # position (y=1, x=2) is anchor block 1 * 3 + 2, shifted by (x, y) * stride = (32, 16)
+    torch.testing.assert_close(anchors[15:18], expected_first + torch.tensor([32.0, 16.0, 32.0, 16.0]))
+
+
+def test_box_coder_known_values_and_round_trip():
+    coder = BoxCoder((10, 10, 5, 5))
+    ref = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    box = torch.tensor([[5.0, 5.0, 15.0, 25.0]])  # centre (10, 15) vs (5, 5); size (10, 20) vs (10, 10)
+    deltas = coder.encode(ref, box)
+    torch.testing.assert_close(deltas, torch.tensor([[10 * 0.5, 10 * 1.0, 0.0, 5 * math.log(2)]]))
+    torch.testing.assert_close(coder.decode(deltas, ref), box)
+    refs = torch.rand(50, 2) * 100
+    refs = torch.cat([refs, refs + torch.rand(50, 2) * 50 + 1], 1)
+    boxes = torch.cat([refs[:, :2] + torch.randn(50, 2), refs[:, 2:] + torch.randn(50, 2) + 2], 1)
+    torch.testing.assert_close(coder.decode(coder.encode(refs, boxes), refs), boxes, rtol=1e-4, atol=1e-4)
+    multi = coder.decode(torch.cat([deltas, torch.zeros(1, 4)], 1), ref)  # class-specific: 4 deltas per class
+    torch.testing.assert_close(multi, torch.cat([box, ref], 1))
+
+
+def test_matcher_thresholds_and_low_quality_matches():
+    iou = torch.tensor([[0.8, 0.5, 0.2, 0.0, 0.05],
+                        [0.1, 0.65, 0.25, 0.0, 0.0]])
+    matches, labels = Matcher((0.3, 0.7), (0, -1, 1), allow_low_quality_matches=True)(iou)
+    assert matches.tolist() == [0, 1, 1, 0, 0]
+    assert labels.tolist() == [1, 1, 0, 0, 0]  # column 1 is gt 1's best (0.65): kept though < 0.7
+    _, labels = Matcher((0.3, 0.7), (0, -1, 1))(iou)
+    assert labels.tolist() == [1, -1, 0, 0, 0]
+    _, labels = Matcher((0.1, 0.5), (-1, 0, 1))(iou)  # detector: background in [0.1, 0.5)
+    assert labels.tolist() == [1, 1, 0, -1, -1]
+    matches, labels = Matcher((0.3, 0.7), (0, -1, 1))(torch.zeros(0, 4))
+    assert labels.tolist() == [0, 0, 0, 0]
+
+
+def test_sampler_proportions():
+    labels = torch.tensor([1] * 100 + [0] * 1000 + [-1] * 50)
+    pos, neg = sample_labels(labels, 256, 0.25)
+    assert len(pos) == 64 and len(neg) == 192 and (labels[pos] == 1).all() and (labels[neg] == 0).all()
+    pos, neg = sample_labels(torch.tensor([2] * 10 + [0] * 1000), 256, 0.5)
+    assert len(pos) == 10 and len(neg) == 246  # too few positives: negatives fill the batch
+    assert len(torch.unique(neg)) == len(neg)
+
+
+def test_proposals_are_clipped_nms_filtered_and_ordered_by_objectness():
+    rpn = RegionProposalNetwork(RPNHead(4, 1), AnchorGenerator([16], [1.0], stride=16), nms_thresh=0.7,
+                                post_nms_topk=(3, 3)).eval()
+    anchors = rpn.anchor_generator(torch.zeros(1, 1, 2, 2))  # centres (0,0) (16,0) (0,16) (16,16)
+    logits = torch.tensor([[0.1, 0.9, 0.5, 0.7]])
+    props = rpn.find_proposals(anchors, logits, torch.zeros(1, 4, 4), [(20, 20)])
+    assert len(props) == 1
+    expected = torch.tensor([[8.0, 0, 20, 8], [8, 8, 20, 20], [0, 8, 8, 20]])  # scores 0.9, 0.7, 0.5
+    torch.testing.assert_close(props[0], expected)
+
+
+def test_transform_scales_to_the_shorter_side_and_back_for_odd_sizes():
+    assert resized_shape(97, 131, 600, 1000) == (600, 810)
+    assert resized_shape(100, 400, 600, 1000) == (250, 1000)  # the long side caps the scale
+    transform = DetectionTransform((96,), 160, size_divisibility=16)
+    images = [torch.rand(3, 97, 131), torch.rand(3, 61, 45)]
+    targets = [{"boxes": torch.tensor([[3.0, 5.0, 120.0, 90.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[0.0, 0.0, 45.0, 61.0]]), "labels": torch.tensor([2])}]
+    batch, scaled = transform(images, targets)
+    assert batch.tensors.shape[-2] % 16 == 0 and batch.tensors.shape[-1] % 16 == 0
+    assert batch.image_sizes == [(96, 130), (130, 96)] or batch.image_sizes == [(96, 130), (131, 96)]
+    back = transform.postprocess([{"boxes": t["boxes"].clone()} for t in scaled], batch.image_sizes,
+                                 [(97, 131), (61, 45)])
+    for b, t in zip(back, targets, strict=True):
+        torch.testing.assert_close(b["boxes"], t["boxes"], rtol=1e-5, atol=1e-4)
+
+
+def test_image_list_pads_and_keeps_sizes():
+    batch = ImageList.from_tensors([torch.ones(3, 5, 7), torch.ones(3, 9, 4)], size_divisibility=8)
+    assert batch.tensors.shape == (2, 3, 16, 8) and batch.image_sizes == [(5, 7), (9, 4)]
+    assert batch.tensors[0, :, 5:].abs().sum() == 0 and batch.tensors[1, :, :9, :4].min() == 1
+
+
+def _images_and_targets():
+    images = [torch.rand(3, 97, 131), torch.rand(3, 80, 80)]
+    targets = [{"boxes": torch.tensor([[10.0, 12.0, 60.0, 70.0], [70.0, 20.0, 120.0, 90.0]]),
+                "labels": torch.tensor([1, 2])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]  # no objects
+    return images, targets
+
+
+@pytest.mark.parametrize("name", [n for n in backbones.list_models() if not n.startswith("cifar")])
+def test_every_imagenet_backbone_trains_a_step_and_predicts_in_original_coordinates(name):
+    model = build_detector(small_cfg(name), num_classes=3)
+    images, targets = _images_and_targets()
+    losses = model.train()(images, targets)
+    assert set(losses) == {"loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg"}
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is not None for p in model.roi_heads.parameters() if p.requires_grad)
+    with torch.no_grad():
+        outputs = model.eval()(images)
+    for out, image in zip(outputs, images, strict=True):
+        assert set(out) == {"boxes", "scores", "labels"}
+        assert out["boxes"].shape[1] == 4 and len(out["boxes"]) <= 100
+        height, width = image.shape[1:]
+        assert (out["boxes"][:, 2] <= width + 1e-3).all() and (out["boxes"][:, 3] <= height + 1e-3).all()
+        assert (out["labels"] >= 1).all() and (out["labels"] <= 3).all()
+
+
+def test_frozen_parts_get_no_gradient_and_frozen_bn_statistics_stay():
+    model = build_detector(small_cfg("resnet50"), num_classes=3).train()
+    stem, res2 = model.backbone.stages["stem"], model.backbone.stages["res2"]
+    assert all(not p.requires_grad for p in [*stem.parameters(), *res2.parameters()])
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in model.roi_heads.box_head.modules())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    images, targets = _images_and_targets()
+    sum(model(images, targets).values()).backward()
+    assert all(p.grad is None for p in [*stem.parameters(), *res2.parameters()])
+    opt.step()
+    after = model.state_dict()
+    frozen = [k for k in before if "running" in k or k.startswith(("backbone.stages.stem", "backbone.stages.res2"))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["backbone.stages.res3.0.conv1.weight"], after["backbone.stages.res3.0.conv1.weight"])
+
+
+def test_degenerate_target_boxes_are_dropped_with_a_count():
+    model = build_detector(small_cfg(), num_classes=2).train()
+    images, targets = _images_and_targets()
+    targets[0]["boxes"] = torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 30.0, 30.0, 50.0]])  # zero width
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        losses = model(images, targets)
+    assert model.dropped_degenerate == 1 and any("dropped 1 degenerate" in str(w.message) for w in caught)
+    assert torch.isfinite(sum(losses.values()))
+
+
+def test_initialisation_from_classifier_weights_and_clear_mismatches(tmp_path):
+    classifier = backbones.build_model("resnet18", num_classes=5, width=8)
+    for m in classifier.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+    path = tmp_path / "model_final.pth"
+    torch.save({"arch": "resnet18", "options": {"width": 8}, "state_dict": classifier.state_dict()}, path)
+    model = build_detector(small_cfg(weights=str(path)), num_classes=3)
+    torch.testing.assert_close(model.backbone.stages["res3"][0].bn1.running_mean, classifier.layer2[0].bn1.running_mean)
+    torch.testing.assert_close(model.roi_heads.box_head.res5[0].conv1.weight, classifier.layer4[0].conv1.weight)
+    tv = tmp_path / "tv.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), tv)
+    with pytest.raises(UserError, match="tv.pth: weights of resnet34 do not fit resnet18"):
+        build_detector(small_cfg(weights=str(tv)), num_classes=3)
+    with pytest.raises(UserError, match="holds resnet18 weights but the detector backbone is resnet50"):
+        build_detector(small_cfg("resnet50", weights=str(path)), num_classes=3)
+    with pytest.raises(UserError, match="detectors are built on ImageNet"):
+        build_detector(small_cfg("cifar_resnet20"), num_classes=3)
+    with pytest.raises(UserError, match="a resnet18 classifier checkpoint"):
+        load_detector(path)
+
+
+def test_detector_checkpoint_round_trip(tmp_path):
+    cfg = small_cfg("vgg16")
+    model = build_detector(cfg, num_classes=2).eval()
+    path = tmp_path / "det.pth"
+    torch.save(detector_checkpoint(model, cfg, ["a", "b"]), path)
+    loaded, _, names = load_detector(path)
+    images, _ = _images_and_targets()
+    with torch.no_grad():
+        a, b = model(images), loaded.eval()(images)
+    assert names == ["a", "b"]
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x["boxes"], y["boxes"])
+
+
+@pytest.mark.slow
+def test_a_tiny_detector_overfits_two_shapes_images(tmp_path):
+    from detection.data import CocoDetection
+    from detection.data.shapes import make_shapes
+
+    torch.manual_seed(0)
+    make_shapes(tmp_path, num_train=4, num_val=1, seed=5, min_side=96, max_side=128)
+    ds = CocoDetection(tmp_path / "annotations" / "instances_train.json", tmp_path / "train", train=True)
+    images, targets = zip(*[ds[0], ds[1]], strict=True)
+    cfg = small_cfg(freeze_at=0, backbone_options={"width": 16})
+    cfg["model"]["min_size"] = [128]
+    model = build_detector(cfg, num_classes=3)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.02, momentum=0.9)
+    gts = [GroundTruth(i, "", 0, 0, t["boxes"].double().numpy(), t["labels"].numpy(), np.zeros(len(t["labels"]), bool))
+           for i, t in enumerate(targets)]
+    ap = 0.0
+    for iteration in range(1, 251):
+        loss = sum(model.train()(list(images), list(targets)).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if iteration % 25 == 0:
+            with torch.no_grad():
+                outputs = model.eval()(list(images))
+            dets = {i: {k: v.numpy() for k, v in o.items()} for i, o in enumerate(outputs)}
+            ap = voc_evaluate(dets, gts, ds.class_names)["mAP"]
+            if ap == 100.0:
+                break
+    assert ap == 100.0, f"AP@0.5 {ap:.1f} after {iteration} iterations"
