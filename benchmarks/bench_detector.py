@@ -4,8 +4,8 @@ image, one process): inference ms/img, one SGD training step, and peak memory.
 Both resize to shorter side 600 (max 1000). They are different designs (C4: res5 per region on 300 test /
 128 training RoIs; FPN: 4 levels, 1000 test / 512 training RoIs), so the ratio says what our recipe costs
 against the detector people reach for, not that one implementation of the same network is faster.
-Peak memory: CUDA's max_memory_allocated on a GPU; on the CPU, each model's peak RSS measured in a child
-process (timings stay in this process).
+Peak memory: CUDA's max_memory_allocated on a GPU; on the CPU (Linux), the peak resident set (VmHWM) of a
+fresh process per model, after building it, after inference and after a training step.
 
     python -m benchmarks.bench_detector [--device cuda] [--backbone resnet101] [--min-size 800] [--amp bf16]
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import multiprocessing as mp
-import resource
 
 import torch
 import torchvision
@@ -29,8 +28,8 @@ def make_models(args: argparse.Namespace, device: torch.device):
     cfg["model"].update(backbone=args.backbone, min_size=[args.min_size], max_size=args.max_size)
     ours = build_detector(cfg, num_classes=80).to(device)
     theirs = torchvision.models.detection.fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=81, min_size=args.min_size, max_size=args.max_size,
-        trainable_backbone_layers=3).to(device)
+        weights=None, weights_backbone=None, num_classes=81, min_size=args.min_size,
+        max_size=args.max_size).to(device)  # without weights torchvision trains every layer with plain BN
     return {"ours": ours, "torchvision": theirs}
 
 
@@ -63,18 +62,22 @@ def step_fns(models, images, targets, amp: str, device: torch.device):
     return fns
 
 
-def _child_peak(args: argparse.Namespace, name: str, queue) -> None:
-    torch.set_num_threads(torch.get_num_threads())
+def _peak_rss_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def _cpu_peaks(args: argparse.Namespace, name: str, queue) -> None:
+    """In a fresh process: peak RSS once the model is built, after inference, after a training step."""
     device = torch.device("cpu")
-    models = {name: make_models(args, device)[name]}
+    model = make_models(args, device)[name]
     images, targets = inputs(args, device)
-    infer, train = step_fns(models, images, targets, "none", device)[name]
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    infer, train = step_fns({name: model}, images, targets, "none", device)[name]
+    built = _peak_rss_mib()
     infer()
-    peak_infer = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after_infer = _peak_rss_mib()
     train()
-    peak_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((name, peak_infer / 1024, peak_train / 1024, base / 1024))
+    queue.put((built, after_infer, _peak_rss_mib()))
 
 
 def main() -> None:
@@ -100,21 +103,23 @@ def main() -> None:
         t = interleaved_medians({n: f[index] for n, f in fns.items()}, device, args.repeats, warmup=1)
         print(f"{mode:>10}: ours {1000 * t['ours'] / args.batch:8.1f} ms/img  torchvision "
               f"{1000 * t['torchvision'] / args.batch:8.1f} ms/img  speed ratio {t['torchvision'] / t['ours']:.2f}")
-    if device.type == "cuda":
-        for name, fn in fns.items():
-            torch.cuda.reset_peak_memory_stats(device)
-            fn[1]()
-            print(f"peak GPU memory, train step, {name}: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB")
-    else:
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        for name in fns:
-            proc = ctx.Process(target=_child_peak, args=(args, name, queue))
-            proc.start()
-            proc.join()
-            n, infer_mb, train_mb, base_mb = queue.get()
-            print(f"peak RSS {n}: {infer_mb:.0f} MiB after inference, {train_mb:.0f} MiB after a train step "
-                  f"(model built: {base_mb:.0f} MiB)")
+    for name, (infer, train) in fns.items():
+        if device.type == "cuda":
+            peaks = []
+            for fn in (infer, train):
+                torch.cuda.reset_peak_memory_stats(device)
+                fn()
+                peaks.append(torch.cuda.max_memory_allocated(device) / 2**20)
+            print(f"peak GPU memory allocated, {name}: inference {peaks[0]:.0f} MiB, train step {peaks[1]:.0f} MiB")
+        else:
+            ctx = mp.get_context("spawn")
+            queue = ctx.Queue()
+            child = ctx.Process(target=_cpu_peaks, args=(args, name, queue))
+            child.start()
+            built, after_infer, after_train = queue.get()
+            child.join()
+            print(f"peak RSS of a fresh process, {name}: model built {built:.0f} MiB, after inference "
+                  f"{after_infer:.0f} MiB, after a train step {after_train:.0f} MiB")
 
 
 if __name__ == "__main__":

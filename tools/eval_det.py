@@ -7,6 +7,9 @@
     python tools/eval_det.py --dataset voc07 --data VOCdevkit --split test --results results/ --metric voc07
     # VOC metrics on a COCO-format set
     python tools/eval_det.py --dataset shapes --data data/shapes --results dets.json --metric voc07
+    # run a trained detector (batched, progress bar, torchrun-aware) and evaluate it
+    python tools/eval_det.py --checkpoint runs/det/model_final.pth --dataset voc07 --data VOCdevkit --split test \
+        --metric voc07 --output runs/det/eval
 """
 
 from __future__ import annotations
@@ -16,19 +19,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from detection.build import load_detector
 from detection.data.catalog import DATASETS, build_detection_dataset
 from detection.data.coco import CocoDetection
 from detection.evaluation.coco import BACKENDS, read_coco_results
 from detection.evaluation.evaluator import (
     DETECTION_METRICS,
     coco_results_to_detections,
-    evaluate_detections,
     summary_line,
     write_metrics_json,
 )
 from detection.evaluation.plots import per_class_table
-from detection.evaluation.voc import read_voc_results
+from detection.evaluation.voc import read_voc_results, write_voc_results
+from detection.inference import default_metrics, run_inference, score
 from engine.cli import run_cli
+from engine.distributed import init_distributed
 from engine.errors import UserError
 
 
@@ -39,45 +44,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=DATASETS)
     parser.add_argument("--data", help="dataset root (COCO/shapes: with annotations/; VOC: the VOCdevkit folder)")
     parser.add_argument("--split", help="default: the dataset's test split (val2017, val, test)")
-    parser.add_argument("--results", required=True, help="COCO results json, or a folder of devkit files")
-    parser.add_argument("--metric", choices=DETECTION_METRICS, default="coco")
+    parser.add_argument("--checkpoint", help="a train_det.py model_final.pth or checkpoint: run it on the dataset")
+    parser.add_argument("--results", help="COCO results json, or a folder of devkit files (instead of --checkpoint)")
+    parser.add_argument("--metric", choices=DETECTION_METRICS, nargs="+", default=None,
+                        help="one or more of coco, voc07, voc12 (default: coco; with --checkpoint the dataset's own)")
+    parser.add_argument("--batch-size", type=int, default=2, help="images per inference batch (--checkpoint)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     parser.add_argument("--backend", choices=BACKENDS, default="pycocotools", help="COCO evaluation backend")
     parser.add_argument("--json", help="write the metrics to this file")
-    parser.add_argument("--output", help="folder for PR curves and the per-class table (VOC metrics)")
+    parser.add_argument("--output", help="folder for results files (COCO json, devkit txt), PR curves, tables")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
 
+    if args.checkpoint and args.annotations:
+        raise UserError("--checkpoint runs on --dataset/--data; --annotations is for scoring a results file")
     if args.annotations:
         dataset = CocoDetection(args.annotations, None)
     elif args.dataset and args.data:
         dataset = build_detection_dataset(args.dataset, args.data, args.split)
     else:
         raise UserError("give --annotations GT.json, or --dataset and --data")
+    if bool(args.checkpoint) == bool(args.results):
+        raise UserError("give exactly one of --checkpoint (run a detector) and --results (score a file)")
     records, names = dataset.ground_truth(), dataset.class_names
-    coco_gt = getattr(dataset, "coco", None)
-    label_to_category = getattr(dataset, "label_to_category", None)
-    results = Path(args.results)
-    if results.is_dir():
-        split = args.split or (dataset.image_sets[0][1] if hasattr(dataset, "image_sets") else "test")
-        detections = read_voc_results(results, split, records, names)
+    metrics = args.metric or (default_metrics(args.dataset) if args.checkpoint else ["coco"])
+    dist = init_distributed(args.device)
+    if args.checkpoint:
+        model, _, class_names = load_detector(args.checkpoint)
+        if list(class_names) != list(names):
+            raise UserError(f"{args.checkpoint}: trained for classes {', '.join(class_names)}, but the dataset has "
+                            f"{', '.join(names)}")
+        detections = run_inference(model.to(dist.device), dataset, dist.device, args.batch_size, args.workers,
+                                   args.amp)
+        if args.output and dist.is_main and hasattr(dataset, "image_sets"):
+            write_voc_results(args.output, dataset.image_sets[0][1], detections, records, names)
     else:
-        if coco_gt is None:
-            raise UserError(f"{results}: a COCO results file needs a COCO-format dataset; give a folder of "
-                            "comp4_det_<split>_<class>.txt files for VOC sets")
-        raw = read_coco_results(results)
-        known = {cid: label for label, cid in label_to_category.items()}
-        bad = {r["category_id"] for r in raw} - known.keys()
-        if bad:
-            raise UserError(f"{results}: unknown category_id {sorted(bad)[0]}")
-        detections = coco_results_to_detections(raw, known)
-    result = evaluate_detections(detections, records, names, args.metric, coco_gt=coco_gt,
-                                 label_to_category=label_to_category, backend=args.backend, output_dir=args.output)
-    if args.metric != "coco":
-        print(per_class_table(result["per_class"], result["mAP"]))
-    print(summary_line(args.metric, result))
+        detections = load_results(Path(args.results), dataset, args.split)
+    if not dist.is_main:
+        return 0
+    results = score(detections, dataset, metrics, args.output, args.backend)
+    for metric, result in results.items():
+        if metric != "coco":
+            print(per_class_table(result["per_class"], result["mAP"]))
+        print(summary_line(metric, result))
     if args.json:
-        write_metrics_json(args.json, args.metric, result)
+        write_metrics_json(args.json, results)
     return 0
+
+
+def load_results(results: Path, dataset, split: str | None):
+    """Detections from a folder of devkit files or a COCO results json."""
+    records, names = dataset.ground_truth(), dataset.class_names
+    if results.is_dir():
+        split = split or (dataset.image_sets[0][1] if hasattr(dataset, "image_sets") else "test")
+        return read_voc_results(results, split, records, names)
+    label_to_category = getattr(dataset, "label_to_category", None)
+    if label_to_category is None:
+        raise UserError(f"{results}: a COCO results file needs a COCO-format dataset; give a folder of "
+                        "comp4_det_<split>_<class>.txt files for VOC sets")
+    raw = read_coco_results(results)
+    known = {cid: label for label, cid in label_to_category.items()}
+    bad = {r["category_id"] for r in raw} - known.keys()
+    if bad:
+        raise UserError(f"{results}: unknown category_id {sorted(bad)[0]}")
+    return coco_results_to_detections(raw, known)
 
 
 if __name__ == "__main__":

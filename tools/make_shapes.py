@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the synthetic shapes detection set (COCO format) that every tool can run on without data.
 
-    python tools/make_shapes.py --out data/shapes --num-train 300 --num-val 50 --seed 0
+    python tools/make_shapes.py --out data/shapes --num-train 300 --num-val 50 --seed 0 [--crops data/crops]
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from detection.data.shapes import make_shapes
+from detection.data.shapes import make_crops, make_shapes
 from engine.cli import run_cli
 from engine.errors import UserError
 
@@ -23,6 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-side", type=int, default=160, help="smallest image side in pixels")
     parser.add_argument("--max-side", type=int, default=256, help="largest image side in pixels")
+    parser.add_argument("--crops", help="also write an ImageNet-layout classification set of object crops here")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     if args.num_train < 1 or args.num_val < 1 or not 32 <= args.min_side <= args.max_side:
@@ -31,6 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         max_side=args.max_side)
     for split, path in files.items():
         print(f"{split}: {path}")
+    if args.crops:
+        counts = make_crops(args.out, args.crops)
+        print(f"crops: {args.crops} ({counts['train']} train, {counts['val']} val)")
     return 0
 
 

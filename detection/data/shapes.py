@@ -1,8 +1,9 @@
 """A deterministic synthetic detection set written to disk in COCO format: the embedded default.
 
 Three classes (ellipse, rectangle, triangle) of varied scale and aspect ratio on textured, cluttered
-backgrounds; objects may overlap (occlusion), and some images have no objects at all. Boxes are the tight
-boxes of each shape's visible-or-not full extent, in continuous pixel coordinates.
+backgrounds; objects may overlap and partly hide each other (at most `max_occlusion` of either shape's
+pixels are shared), and some images have no objects at all. Boxes are the tight boxes of each shape's full
+extent, in continuous pixel coordinates.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 
 def make_split(out_dir: Path, split: str, num_images: int, seed: int, *, min_side: int = 160, max_side: int = 256,
-               max_objects: int = 4, empty_fraction: float = 0.1) -> Path:
+               max_objects: int = 4, empty_fraction: float = 0.1, max_occlusion: float = 0.25) -> Path:
     """Write `<out>/<split>/*.png` and `<out>/annotations/instances_<split>.json`; returns the json path."""
     rng = np.random.default_rng(seed)
     (out_dir / split).mkdir(parents=True, exist_ok=True)
@@ -75,12 +76,17 @@ def make_split(out_dir: Path, split: str, num_images: int, seed: int, *, min_sid
         img = _background(rng, h, w)
         n = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
         boxes: list[list[float]] = []
+        masks: list[np.ndarray] = []
         for _ in range(n):
             kind = int(rng.integers(0, len(SHAPE_CLASSES)))
             drawn = _draw(rng, kind, h, w, min(h, w) * 0.12, min(h, w) * 0.6)
-            if drawn is None or any(_iou(drawn[1], b) > 0.3 for b in boxes):
+            if drawn is None:
                 continue
             mask, box = drawn
+            shared = [int((mask & m).sum()) for m in masks]
+            if any(s > max_occlusion * min(mask.sum(), m.sum()) for s, m in zip(shared, masks, strict=True)):
+                continue
+            masks.append(mask)
             color = rng.integers(0, 255, 3).astype(np.float32)
             shade = rng.uniform(0.85, 1.15, (h, w, 1)).astype(np.float32)
             img[mask.astype(bool)] = (color * shade)[mask.astype(bool)]
@@ -106,3 +112,49 @@ def make_shapes(out_dir: str | os.PathLike, num_train: int = 300, num_val: int =
     out_dir = Path(out_dir)
     return {"train": make_split(out_dir, "train", num_train, seed * 2 + 1, **options),
             "val": make_split(out_dir, "val", num_val, seed * 2 + 2, **options)}
+
+
+def make_crops(shapes_dir: str | os.PathLike, out_dir: str | os.PathLike, size: int = 64, context: float = 0.15,
+               backgrounds_per_image: int = 1, seed: int = 0) -> dict[str, int]:
+    """An ImageNet-layout classification set cut from a shapes set: `<out>/<split>/<class>/*.png`.
+
+    Every object becomes a `size` x `size` crop of its box grown by `context`; `background` crops come from
+    regions that overlap no object. It is the embedded stand-in for ImageNet pre-training: a classifier
+    trained on it learns the features the detector then starts from. Returns the number of crops per split.
+    """
+    shapes_dir, out_dir = Path(shapes_dir), Path(out_dir)
+    rng = np.random.default_rng(seed)
+    counts = {}
+    for split in ("train", "val"):
+        data = json.loads((shapes_dir / "annotations" / f"instances_{split}.json").read_text(encoding="utf-8"))
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        for name in [*names.values(), "background"]:
+            (out_dir / split / name).mkdir(parents=True, exist_ok=True)
+        by_image: dict[int, list[dict]] = {}
+        for ann in data["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append(ann)
+        n = 0
+        for img in data["images"]:
+            image = cv2.imread(str(shapes_dir / split / img["file_name"]))
+            h, w = image.shape[:2]
+            anns = by_image.get(img["id"], [])
+            boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                     for a in anns]
+            for ann, (x1, y1, x2, y2) in zip(anns, boxes, strict=True):
+                pad_x, pad_y = (x2 - x1) * context, (y2 - y1) * context
+                crop = image[max(0, int(y1 - pad_y)):min(h, int(y2 + pad_y) + 1),
+                             max(0, int(x1 - pad_x)):min(w, int(x2 + pad_x) + 1)]
+                cv2.imwrite(str(out_dir / split / names[ann["category_id"]] / f"{img['id']:06d}_{ann['id']}.png"),
+                            cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA))
+                n += 1
+            for k in range(backgrounds_per_image):
+                for _ in range(20):  # a few tries to find an empty region
+                    side = int(rng.uniform(0.15, 0.4) * min(h, w))
+                    x, y = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
+                    if all(_iou([x, y, x + side, y + side], b) < 0.05 for b in boxes):
+                        crop = cv2.resize(image[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
+                        cv2.imwrite(str(out_dir / split / "background" / f"{img['id']:06d}_{k}.png"), crop)
+                        n += 1
+                        break
+        counts[split] = n
+    return counts

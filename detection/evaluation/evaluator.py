@@ -77,6 +77,12 @@ def coco_results_to_detections(results: Sequence[Mapping[str, Any]],
     return detections
 
 
-def write_metrics_json(path: str | os.PathLike, metric: str, result: Mapping[str, Any]) -> None:
-    keys = METRICS if metric == "coco" else ("mAP", "per_class")
-    Path(path).write_text(json.dumps({k: result[k] for k in keys}, indent=2), encoding="utf-8")
+def write_metrics_json(path: str | os.PathLike, results: Mapping[str, Mapping[str, Any]]) -> None:
+    """One metric: `{"AP", "AP50", "AP75", "APs", "APm", "APl"}` (COCO) or `{"mAP", "per_class"}` (VOC);
+    several: those objects keyed by metric name."""
+    def pick(metric: str, result: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: result[k] for k in (METRICS if metric == "coco" else ("mAP", "per_class"))}
+
+    picked = {metric: pick(metric, result) for metric, result in results.items()}
+    body = next(iter(picked.values())) if len(picked) == 1 else picked
+    Path(path).write_text(json.dumps(body, indent=2), encoding="utf-8")

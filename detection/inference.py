@@ -1,0 +1,68 @@
+"""Running a detector over a dataset (batched, sharded over processes) and scoring it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from detection.data.common import DetectionDataset, collate_detection
+from detection.evaluation.evaluator import evaluate_detections
+from engine.distributed import all_gather_object, get_rank, get_world_size, is_main_process
+from engine.sampler import SeededDataset, ShardSampler
+
+Detections = dict[int, dict[str, np.ndarray]]
+
+
+@torch.no_grad()
+def run_inference(model: nn.Module, dataset: DetectionDataset, device: torch.device, batch_size: int = 2,
+                  workers: int = 2, amp: str = "none", progress: bool = True) -> Detections:
+    """`{image_id: {"boxes", "scores", "labels"}}` for every image of `dataset`, gathered from all processes."""
+    loader = DataLoader(SeededDataset(dataset), batch_sampler=ShardSampler(len(dataset), batch_size, get_rank(),
+                                                                           get_world_size()),
+                        num_workers=workers, collate_fn=collate_detection)
+    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    model.eval()
+    mine: Detections = {}
+    for images, targets in tqdm(loader, desc="inference", disable=not (progress and is_main_process()),
+                                leave=False):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = model([im.to(device, non_blocking=True) for im in images])
+        for target, out in zip(targets, outputs, strict=True):
+            mine[int(target["image_id"])] = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
+                                             for k, v in out.items()}
+    merged: Detections = {}
+    for part in all_gather_object(mine):
+        merged.update(part)
+    return merged
+
+
+def default_metrics(dataset_name: str) -> list[str]:
+    """COCO AP for COCO, the VOC07 11-point metric for VOC07-tested sets, VOC12 for VOC12-tested ones, both
+    for the shapes set."""
+    return {"coco": ["coco"], "shapes": ["voc07", "coco"], "voc07": ["voc07"], "voc0712": ["voc07"],
+            "voc12": ["voc12"], "voc07++12": ["voc12"]}[dataset_name]
+
+
+def score(detections: Detections, dataset: DetectionDataset, metrics: Sequence[str], output_dir=None,
+          backend: str = "pycocotools") -> dict[str, Any]:
+    """`{"<metric>": result}` for each metric (see `evaluate_detections`)."""
+    return {metric: evaluate_detections(detections, dataset.ground_truth(), dataset.class_names, metric,
+                                        coco_gt=getattr(dataset, "coco", None),
+                                        label_to_category=getattr(dataset, "label_to_category", None),
+                                        backend=backend, output_dir=output_dir) for metric in metrics}
+
+
+def flat_metrics(results: dict[str, Any]) -> dict[str, float]:
+    """Scalars for logging: `voc07_mAP`, `coco_AP`, `coco_AP50`, ..."""
+    flat = {}
+    for metric, result in results.items():
+        for key, value in result.items():
+            if isinstance(value, (int, float)):
+                flat[f"{metric}_{key}"] = float(value)
+    return flat

@@ -1,0 +1,152 @@
+"""Training Faster R-CNN with `engine.Trainer`: `train_detector(cfg, output_dir)` is what
+`tools/train_det.py` calls. A run leaves `model_final.pth`, `metrics.jsonl`/`metrics.json`, TensorBoard
+logs, `loss.png`, `map.png`, PR curves, the COCO results file and detections drawn on validation images."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader
+
+from detection.build import MODEL_DEFAULTS, build_detector, detector_checkpoint
+from detection.data.catalog import build_detection_dataset
+from detection.data.common import DetectionDataset, collate_detection, load_image
+from detection.data.transforms import DetectionAugmentation
+from detection.inference import default_metrics, flat_metrics, run_inference, score
+from detection.visualize import draw_detections, save_image
+from engine.checkpoint import find_last, save_checkpoint
+from engine.config import save_config, to_dict
+from engine.distributed import init_distributed
+from engine.errors import UserError
+from engine.metrics import MetricWriter, plot_curves, read_metrics
+from engine.sampler import GlobalBatchSampler, SeededDataset
+from engine.schedule import LRSchedule
+from engine.trainer import Trainer, TrainerOptions
+
+DEFAULTS: dict[str, Any] = {
+    "model": copy.deepcopy(MODEL_DEFAULTS),
+    "data": {"dataset": "shapes", "root": None, "train_split": None, "val_split": None, "workers": 2,
+             "flip_prob": 0.5, "photometric": False},
+    "solver": {"ims_per_batch": 2, "accumulate": 1, "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0005,
+               "max_iter": 80000, "steps": [60000], "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.001,
+               "warmup_method": "linear"},
+    "train": {"seed": 0, "device": "auto", "amp": "none", "log_period": 20, "eval_period": 0,
+              "checkpoint_period": 5000, "progress": True},
+    "test": {"metrics": None, "batch_size": 2, "backend": "pycocotools", "vis_images": 4, "vis_score_thresh": 0.5},
+}
+OPEN_KEYS = ("model.backbone_options",)
+
+
+def datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset]:
+    data = cfg.data
+    if data.root is None:
+        hint = " (make one with tools/make_shapes.py)" if data.dataset == "shapes" else ""
+        raise UserError(f"--data DIR is required for dataset {data.dataset}{hint}")
+    augment = DetectionAugmentation(data.flip_prob, data.photometric)
+    train = build_detection_dataset(data.dataset, data.root, data.train_split, transform=augment, train=True)
+    val = build_detection_dataset(data.dataset, data.root, data.val_split)
+    return train, val
+
+
+def visualize(model: nn.Module, dataset: DetectionDataset, detections, out_dir: Path, count: int,
+              score_thresh: float) -> list[Path]:
+    """Draw the detections of the first `count` images of `dataset` to `out_dir`."""
+    written = []
+    for i in range(min(count, len(dataset))):
+        rec = dataset.records[i]
+        det = detections.get(rec.image_id, {"boxes": np.zeros((0, 4)), "labels": np.zeros(0), "scores": np.zeros(0)})
+        image = draw_detections(load_image(dataset.image_path(i)), det["boxes"], det["labels"], det["scores"],
+                                dataset.class_names, score_thresh)
+        written.append(save_image(image, out_dir / f"{Path(rec.name).stem}.png"))
+    return written
+
+
+def train_detector(cfg: DictConfig, output_dir: str | os.PathLike, resume: bool | str = False) -> dict[str, Any]:
+    """Train per `cfg`, evaluate with the dataset's metrics; returns `{metric: result}` of the final model."""
+    output_dir = Path(output_dir)
+    dist = init_distributed(cfg.train.device)
+    if dist.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+    torch.manual_seed(cfg.train.seed)
+    solver = cfg.solver
+    train_set, val_set = datasets(cfg)
+    if not cfg.model.weights and dist.is_main:
+        warnings.warn("no --weights: the backbone starts from random initialisation (training from scratch)",
+                      stacklevel=2)
+    model = build_detector(cfg, num_classes=len(train_set.class_names)).to(dist.device)
+    train_model: nn.Module = model
+    if dist.world_size > 1:
+        ids = [dist.device.index] if dist.device.type == "cuda" else None
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=solver.lr, momentum=solver.momentum, weight_decay=solver.weight_decay)
+    schedule = LRSchedule(solver.lr, steps=solver.steps, gamma=solver.gamma, warmup_iters=solver.warmup_iters,
+                          warmup_factor=solver.warmup_factor, warmup_method=solver.warmup_method)
+    metrics_names = list(cfg.test.metrics or default_metrics(cfg.data.dataset))
+
+    def make_batches(start_iter: int):
+        sampler = GlobalBatchSampler(len(train_set), solver.ims_per_batch, accumulate=solver.accumulate,
+                                     rank=dist.rank, world_size=dist.world_size, seed=cfg.train.seed,
+                                     start_iter=start_iter)
+        return iter(DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=cfg.data.workers,
+                               collate_fn=collate_detection, persistent_workers=cfg.data.workers > 0,
+                               pin_memory=dist.device.type == "cuda"))
+
+    def step(net: nn.Module, batch):
+        images, targets = batch
+        images = [im.to(dist.device, non_blocking=True) for im in images]
+        targets = [{**t, "boxes": t["boxes"].to(dist.device), "labels": t["labels"].to(dist.device)} for t in targets]
+        return net(images, targets), {}
+
+    last_results: dict[str, Any] = {}
+
+    def evaluate(module: nn.Module) -> dict[str, float]:
+        detections = run_inference(module, val_set, dist.device, cfg.test.batch_size, cfg.data.workers,
+                                   cfg.train.amp, cfg.train.progress)
+        if not dist.is_main:
+            return {}
+        last_results.clear()
+        last_results.update(score(detections, val_set, metrics_names, output_dir, cfg.test.backend))
+        last_results["_detections"] = detections
+        return flat_metrics({k: v for k, v in last_results.items() if not k.startswith("_")})
+
+    options = TrainerOptions(max_iter=solver.max_iter, output_dir=output_dir, accumulate=solver.accumulate,
+                             amp=cfg.train.amp, log_period=cfg.train.log_period, eval_period=cfg.train.eval_period,
+                             checkpoint_period=cfg.train.checkpoint_period, progress=cfg.train.progress)
+    writer = MetricWriter(output_dir, enabled=dist.is_main)
+    trainer = Trainer(train_model, optimizer, schedule, make_batches, step, options, dist, evaluate=evaluate,
+                      writer=writer, checkpoint_extra=lambda: {"kind": "faster_rcnn", "config": to_dict(cfg),
+                                                               "class_names": list(train_set.class_names)})
+    if resume:
+        path = find_last(output_dir) if resume is True else Path(resume)
+        if path is not None:
+            trainer.resume(path)
+        elif dist.is_main:
+            warnings.warn(f"--resume: no checkpoint in {output_dir}; starting from iteration 0", stacklevel=2)
+    trainer.train()
+    results = {k: v for k, v in last_results.items() if not k.startswith("_")}
+    if dist.is_main:
+        save_checkpoint(detector_checkpoint(model, cfg, list(train_set.class_names)), output_dir / "model_final.pth")
+        summary = {"iterations": trainer.iteration, **results}
+        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        records = read_metrics(output_dir)
+        plot_curves({"train": records}, output_dir / "loss.png", key="loss", ylabel="total loss",
+                    splits=("train",), title="training loss")
+        for metric in metrics_names:
+            key = "coco_AP" if metric == "coco" else f"{metric}_mAP"
+            plot_curves({"val": records}, output_dir / f"{key}.png", key=key, ylabel=f"{key} (%)", splits=("val",),
+                        title=f"validation {key}")
+        visualize(model, val_set, last_results.get("_detections", {}), output_dir / "detections",
+                  cfg.test.vis_images, cfg.test.vis_score_thresh)
+    writer.close()
+    return results
