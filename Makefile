@@ -13,8 +13,7 @@ $(STAMP): requirements.txt setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	mkdir -p runs/demo
-	$(PY) tools/model_stats.py --table | tee runs/demo/backbones.txt
+	$(PY) tools/demo.py --output runs/demo $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
@@ -23,6 +22,8 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m benchmarks.bench_backbones
 	$(PY) -m benchmarks.bench_cls_train
+	$(PY) -m benchmarks.bench_detector
+	$(PY) -m benchmarks.bench_eval
 
 clean:
 	rm -rf $(VENV) runs

@@ -101,7 +101,8 @@ def eval_loader(cfg: DictConfig, dist: DistInfo, mode: str = "center", split: st
     batch = 1 if mode == "multi_scale" else (batch_size or cfg.train.eval_batch_size)
     return DataLoader(SeededDataset(dataset), batch_sampler=ShardSampler(len(dataset), batch, dist.rank,
                                                                           dist.world_size),
-                      num_workers=data.workers, collate_fn=collate_skip_bad, pin_memory=dist.device.type == "cuda")
+                      num_workers=data.workers, collate_fn=collate_skip_bad, pin_memory=dist.device.type == "cuda",
+                      generator=torch.Generator())
 
 
 def build_schedule(solver: DictConfig) -> LRSchedule:
@@ -179,7 +180,8 @@ def train_classifier(cfg: DictConfig, output_dir: str | os.PathLike, resume: boo
                                      start_iter=start_iter)
         return iter(DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=data.workers,
                                collate_fn=collate_skip_bad, pin_memory=dist.device.type == "cuda",
-                               persistent_workers=data.workers > 0))
+                               persistent_workers=data.workers > 0,
+                               generator=torch.Generator()))  # never draw from the global RNG
 
     def step(_model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         images, labels, bad = batch

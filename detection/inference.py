@@ -25,7 +25,7 @@ def run_inference(model: nn.Module, dataset: DetectionDataset, device: torch.dev
     """`{image_id: {"boxes", "scores", "labels"}}` for every image of `dataset`, gathered from all processes."""
     loader = DataLoader(SeededDataset(dataset), batch_sampler=ShardSampler(len(dataset), batch_size, get_rank(),
                                                                            get_world_size()),
-                        num_workers=workers, collate_fn=collate_detection)
+                        num_workers=workers, collate_fn=collate_detection, generator=torch.Generator())
     dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     model.eval()
     mine: Detections = {}

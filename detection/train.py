@@ -100,7 +100,8 @@ def train_detector(cfg: DictConfig, output_dir: str | os.PathLike, resume: bool 
                                      start_iter=start_iter)
         return iter(DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=cfg.data.workers,
                                collate_fn=collate_detection, persistent_workers=cfg.data.workers > 0,
-                               pin_memory=dist.device.type == "cuda"))
+                               pin_memory=dist.device.type == "cuda",
+                               generator=torch.Generator()))  # never draw from the global RNG
 
     def step(net: nn.Module, batch):
         images, targets = batch

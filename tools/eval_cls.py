@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", help="write the metrics to this file")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data config overrides (see train_cls)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     flags = [f"data.dataset={args.dataset}", f"data.workers={args.workers}", f"train.device={args.device}"]
     if args.data:

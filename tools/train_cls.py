@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. solver.lr=0.05")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     flags = [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
     flags += [f"{key}=true" for flag, key in (("channels_last", "train.channels_last"), ("compile", "train.compile"),

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. model.roi.batch_size_per_image=64")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     flags = [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
     if args.no_progress:
         flags.append("train.progress=false")
