@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from backbones.resnet import BasicBlock, Bottleneck
+from engine.metrics import pyplot, save_figure
 
 
 def response_layers(model: nn.Module) -> list[nn.Module]:
@@ -56,12 +57,7 @@ def response_stds(model: nn.Module, batches: Iterable, device: torch.device) -> 
 
 def plot_responses(results: Mapping[str, list[float]], out_png: str | os.PathLike) -> Path:
     """Two panels as in Fig. 7: stds in layer order, and sorted in descending order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6))
+    fig, (top, bottom) = pyplot().subplots(2, 1, figsize=(7, 6))
     for i, (label, stds) in enumerate(results.items()):
         style = "--" if "plain" in label else "-"
         top.plot(range(1, len(stds) + 1), stds, style, color=f"C{i}", label=label)
@@ -72,9 +68,4 @@ def plot_responses(results: Mapping[str, list[float]], out_png: str | os.PathLik
         ax.set_ylabel("std")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)

@@ -30,14 +30,14 @@ from classification.transforms import (
     eval_transform,
     train_transform,
 )
-from engine.checkpoint import find_last, save_checkpoint
-from engine.config import save_config, to_dict
-from engine.distributed import DistInfo, all_reduce_sum, init_distributed
+from engine.checkpoint import save_checkpoint
+from engine.config import to_dict
+from engine.distributed import DistInfo, all_reduce_sum
 from engine.errors import UserError
 from engine.metrics import MetricWriter, plot_curves, read_metrics
 from engine.sampler import GlobalBatchSampler, SeededDataset, ShardSampler
 from engine.schedule import LRSchedule
-from engine.trainer import Trainer, TrainerOptions
+from engine.trainer import Trainer, TrainerOptions, start_run
 
 DATASETS = ("imagenet", "cifar10", "synthetic")
 
@@ -138,12 +138,7 @@ def final_checkpoint(model: nn.Module, cfg: DictConfig, num_classes: int) -> dic
 
 def train_classifier(cfg: DictConfig, output_dir: str | os.PathLike, resume: bool | str = False) -> dict[str, float]:
     """Train per `cfg`; returns the final validation metrics (errors in %)."""
-    output_dir = Path(output_dir)
-    dist = init_distributed(cfg.train.device)
-    if dist.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.yaml")
-    torch.manual_seed(cfg.train.seed)
+    output_dir, dist = start_run(cfg, output_dir)
     solver, data = cfg.solver, cfg.data
 
     style = _style(data.dataset)
@@ -203,12 +198,7 @@ def train_classifier(cfg: DictConfig, output_dir: str | os.PathLike, resume: boo
                       evaluate=run_eval, writer=writer,
                       checkpoint_extra=lambda: {"arch": cfg.model.arch, "options": to_dict(cfg.model.options),
                                                 "num_classes": num_classes, "config": to_dict(cfg)})
-    if resume:
-        path = find_last(output_dir) if resume is True else Path(resume)
-        if path is not None:
-            trainer.resume(path)
-        elif dist.is_main:
-            warnings.warn(f"--resume: no checkpoint in {output_dir}; starting from iteration 0", stacklevel=2)
+    trainer.resume_from(resume)
     metrics = trainer.train()
 
     if cfg.train.recompute_bn:

@@ -23,14 +23,13 @@ from detection.data.common import DetectionDataset, collate_detection, load_imag
 from detection.data.transforms import DetectionAugmentation
 from detection.inference import default_metrics, flat_metrics, run_inference, score
 from detection.visualize import draw_detections, save_image
-from engine.checkpoint import find_last, save_checkpoint
-from engine.config import save_config, to_dict
-from engine.distributed import init_distributed
+from engine.checkpoint import save_checkpoint
+from engine.config import to_dict
 from engine.errors import UserError
 from engine.metrics import MetricWriter, plot_curves, read_metrics
 from engine.sampler import GlobalBatchSampler, SeededDataset
 from engine.schedule import LRSchedule
-from engine.trainer import Trainer, TrainerOptions
+from engine.trainer import Trainer, TrainerOptions, start_run
 
 DEFAULTS: dict[str, Any] = {
     "model": copy.deepcopy(MODEL_DEFAULTS),
@@ -72,12 +71,7 @@ def visualize(model: nn.Module, dataset: DetectionDataset, detections, out_dir: 
 
 def train_detector(cfg: DictConfig, output_dir: str | os.PathLike, resume: bool | str = False) -> dict[str, Any]:
     """Train per `cfg`, evaluate with the dataset's metrics; returns `{metric: result}` of the final model."""
-    output_dir = Path(output_dir)
-    dist = init_distributed(cfg.train.device)
-    if dist.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, output_dir / "config.yaml")
-    torch.manual_seed(cfg.train.seed)
+    output_dir, dist = start_run(cfg, output_dir)
     solver = cfg.solver
     train_set, val_set = datasets(cfg)
     if not cfg.model.weights and dist.is_main:
@@ -128,12 +122,7 @@ def train_detector(cfg: DictConfig, output_dir: str | os.PathLike, resume: bool 
     trainer = Trainer(train_model, optimizer, schedule, make_batches, step, options, dist, evaluate=evaluate,
                       writer=writer, checkpoint_extra=lambda: {"kind": "faster_rcnn", "config": to_dict(cfg),
                                                                "class_names": list(train_set.class_names)})
-    if resume:
-        path = find_last(output_dir) if resume is True else Path(resume)
-        if path is not None:
-            trainer.resume(path)
-        elif dist.is_main:
-            warnings.warn(f"--resume: no checkpoint in {output_dir}; starting from iteration 0", stacklevel=2)
+    trainer.resume_from(resume)
     trainer.train()
     results = {k: v for k, v in last_results.items() if not k.startswith("_")}
     if dist.is_main:

@@ -60,16 +60,31 @@ def series(records: Sequence[Mapping[str, Any]], split: str, key: str) -> tuple[
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_png: str | os.PathLike, *,
-                key: str = "error", ylabel: str = "error (%)", title: str = "",
-                splits: Sequence[str] = ("train", "val")) -> Path:
-    """One colour per run; thin dashed line for training, bold line for validation (as in Fig. 4)."""
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    return plt
+
+
+def save_figure(fig, out_png: str | os.PathLike, dpi: int = 120) -> Path:
+    """Write `fig` as a PNG (creating the folder) and close it."""
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=dpi)
+    pyplot().close(fig)
+    return out_png
+
+
+def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_png: str | os.PathLike, *,
+                key: str = "error", ylabel: str = "error (%)", title: str = "",
+                splits: Sequence[str] = ("train", "val")) -> Path:
+    """One colour per run; thin dashed line for training, bold line for validation (as in Fig. 4)."""
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     styles = {"train": {"linestyle": "--", "linewidth": 1.0}, "val": {"linestyle": "-", "linewidth": 2.2}}
     for i, (label, records) in enumerate(runs.items()):
         color = f"C{i}"
@@ -82,9 +97,4 @@ def plot_curves(runs: Mapping[str, Sequence[Mapping[str, Any]]], out_png: str | 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)

@@ -9,6 +9,7 @@ progress with ETA, metrics, periodic evaluation, atomic checkpoints and exact re
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
-from engine.checkpoint import load_checkpoint, mark_last, rng_state, save_checkpoint, set_rng_state
-from engine.distributed import DistInfo, all_reduce_sum
+from engine.checkpoint import find_last, load_checkpoint, mark_last, rng_state, save_checkpoint, set_rng_state
+from engine.config import save_config
+from engine.distributed import DistInfo, all_reduce_sum, init_distributed
 from engine.errors import UserError
 from engine.metrics import MetricWriter
 from engine.schedule import LRSchedule
@@ -47,6 +50,18 @@ class TrainerOptions:
     checkpoint_period: int = 1000
     keep_checkpoints: int = 2
     progress: bool = True
+
+
+def start_run(cfg: DictConfig, output_dir: str | Path) -> tuple[Path, DistInfo]:
+    """Join the process group torchrun describes, create the run folder with its `config.yaml` (rank 0)
+    and seed torch from `cfg.train.seed`."""
+    output_dir = Path(output_dir)
+    dist = init_distributed(cfg.train.device)
+    if dist.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
+    torch.manual_seed(cfg.train.seed)
+    return output_dir, dist
 
 
 class Trainer:
@@ -87,6 +102,18 @@ class Trainer:
         for stale in old:
             stale.unlink(missing_ok=True)
         return path
+
+    def resume_from(self, resume: bool | str | Path) -> None:
+        """`True`: continue from the run folder's last checkpoint (a warning if it has none);
+        a path: from that checkpoint; `False`: start at iteration 0."""
+        if not resume:
+            return
+        path = find_last(self.options.output_dir) if resume is True else Path(resume)
+        if path is not None:
+            self.resume(path)
+        elif self.dist.is_main:
+            warnings.warn(f"--resume: no checkpoint in {self.options.output_dir}; starting from iteration 0",
+                          stacklevel=3)
 
     def resume(self, path: str | Path) -> None:
         state = load_checkpoint(path)

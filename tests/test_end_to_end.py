@@ -125,7 +125,7 @@ def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path, sh
 @pytest.mark.slow
 def test_demo_in_a_bounded_form(tmp_path):
     out = tmp_path / "demo"
-    assert run_cli(demo.main, ["--output", str(out), "--num-train", "12", "--num-val", "4", "--cls-iters", "4",
+    assert run_cli(demo.main, ["--output", str(out), "--num-train", "12", "--num-val", "10", "--cls-iters", "4",
                                "--det-iters", "3", "--workers", "0", "--no-progress", "--small"]) == 0
     report = (out / "REPORT.md").read_text()
     assert "VOC07 mAP" in report and "COCO AP" in report

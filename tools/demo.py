@@ -8,7 +8,7 @@
 5. (`--compare-scratch`) the same detector trained from scratch, to show what pre-training bought.
 6. `REPORT.md` with the metrics table and the pictures, under the output folder.
 
-    python tools/demo.py [--output runs/demo] [--det-iters 600] [--compare-scratch]
+    python tools/demo.py [--output runs/demo] [--det-iters 1200] [--compare-scratch]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--num-train", type=int, default=300)
     parser.add_argument("--num-val", type=int, default=50)
     parser.add_argument("--cls-iters", type=int, default=300)
-    parser.add_argument("--det-iters", type=int, default=600)
+    parser.add_argument("--det-iters", type=int, default=1200)
     parser.add_argument("--compare-scratch", action="store_true", help="also train the detector from scratch")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--small", action="store_true", help="tiny networks and images (a smoke test, seconds)")
@@ -97,13 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    *cls_small],
          timings)
     det_args = ["--config", str(CONFIGS / "shapes_resnet18_C4.yaml"), "--data", str(shapes), "--max-iter",
-                str(args.det_iters), f"solver.steps=[{args.det_iters * 3 // 4}]",
+                str(args.det_iters), f"solver.steps=[{args.det_iters * 4 // 5}]",
                 f"train.eval_period={max(1, args.det_iters // 3)}", *common, *det_small]
     step("detector", train_det, [*det_args, "--weights", str(out / "classifier" / "model_final.pth"), "--output",
                                  str(out / "detector")], timings)
     step("evaluation", eval_det, ["--checkpoint", str(out / "detector" / "model_final.pth"), "--dataset", "shapes",
                                   "--data", str(shapes), "--metric", "voc07", "coco", "--output", str(out / "eval"),
-                                  "--json", str(out / "eval" / "metrics.json"), "--workers", str(args.workers)],
+                                  "--json", str(out / "eval" / "metrics.json"), "--workers", str(args.workers),
+                                  "--batch-size", "4"],
          timings)
     if args.compare_scratch:
         step("detector from scratch", train_det, [*det_args, "--output", str(out / "detector_scratch")], timings)

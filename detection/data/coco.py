@@ -17,16 +17,21 @@ from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth, r
 from engine.errors import UserError
 
 
+def load_json(path: str | os.PathLike, what: str) -> Any:
+    """Parse a JSON file; a missing or malformed one is a `UserError` naming it (`what`: its role)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: {what} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: malformed JSON ({exc})") from None
+
+
 def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     """Parse and check a COCO annotation file; problems name the file and the entry."""
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path}: annotation file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: malformed JSON ({exc})") from None
+    data = load_json(path, "annotation file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: a COCO annotation file holds an object, got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):

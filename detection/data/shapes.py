@@ -2,7 +2,8 @@
 
 Three classes (ellipse, rectangle, triangle) of varied scale and aspect ratio on textured, cluttered
 backgrounds; objects may overlap and partly hide each other (at most `max_occlusion` of either shape's
-pixels are shared), and some images have no objects at all. Boxes are the tight boxes of each shape's full
+pixels are shared), each has a colour at least `min_contrast` (RGB distance) from the background it covers,
+and some images have no objects at all. Boxes are the tight boxes of each shape's full
 extent, in continuous pixel coordinates.
 """
 
@@ -65,7 +66,8 @@ def _iou(a: list[float], b: list[float]) -> float:
 
 
 def make_split(out_dir: Path, split: str, num_images: int, seed: int, *, min_side: int = 160, max_side: int = 256,
-               max_objects: int = 4, empty_fraction: float = 0.1, max_occlusion: float = 0.25) -> Path:
+               max_objects: int = 4, empty_fraction: float = 0.1, max_occlusion: float = 0.25,
+               min_contrast: float = 90.0) -> Path:
     """Write `<out>/<split>/*.png` and `<out>/annotations/instances_<split>.json`; returns the json path."""
     rng = np.random.default_rng(seed)
     (out_dir / split).mkdir(parents=True, exist_ok=True)
@@ -87,7 +89,11 @@ def make_split(out_dir: Path, split: str, num_images: int, seed: int, *, min_sid
             if any(s > max_occlusion * min(mask.sum(), m.sum()) for s, m in zip(shared, masks, strict=True)):
                 continue
             masks.append(mask)
-            color = rng.integers(0, 255, 3).astype(np.float32)
+            under = img[mask.astype(bool)].mean(0)
+            for _ in range(20):  # a colour that stands out from what it covers: every object is visible
+                color = rng.integers(0, 255, 3).astype(np.float32)
+                if np.linalg.norm(color - under) >= min_contrast:
+                    break
             shade = rng.uniform(0.85, 1.15, (h, w, 1)).astype(np.float32)
             img[mask.astype(bool)] = (color * shade)[mask.astype(bool)]
             boxes.append(box)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from detection.data.coco import coco_from_dict, read_coco_json
+from detection.data.coco import coco_from_dict, load_json, read_coco_json
 from detection.data.common import GroundTruth
 from engine.errors import UserError
 
@@ -38,13 +38,8 @@ def detections_to_coco_results(detections: Mapping[int, Mapping[str, Any]],
 
 
 def read_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            results = json.load(f)
-    except FileNotFoundError:
-        raise UserError(f"{path}: results file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: malformed JSON ({exc})") from None
+    """A COCO results file (a list of detections, or a dict with them under "annotations"), checked."""
+    results = load_json(path, "results file")
     if isinstance(results, dict) and isinstance(results.get("annotations"), list):
         results = results["annotations"]
     if not isinstance(results, list):

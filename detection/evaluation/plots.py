@@ -9,19 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.metrics import pyplot, save_figure
+
 
 def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], per_class: Mapping[str, float | None],
                    out_png: str | os.PathLike, title: str = "") -> Path:
     """One small panel per class: precision against recall, AP in the panel title."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(curves)
     cols = min(5, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(2.6 * cols, 2.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, names, strict=False):
@@ -36,12 +33,7 @@ def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], per_clas
     fig.suptitle(title, fontsize=10)
     fig.supxlabel("recall", fontsize=9)
     fig.supylabel("precision", fontsize=9)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=110)
 
 
 def per_class_table(per_class: Mapping[str, float | None], mean: float) -> str:
