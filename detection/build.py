@@ -21,6 +21,7 @@ from detection.matcher import Matcher
 from detection.roi_heads import C4BoxHead, FastRCNNPredictor, RoIHeads, RoIPooler, VGGBoxHead
 from detection.rpn import RegionProposalNetwork, RPNHead
 from detection.transform import DetectionTransform
+from engine.checkpoint import load_checkpoint
 from engine.config import to_dict
 from engine.errors import UserError
 
@@ -117,8 +118,6 @@ def detector_checkpoint(model: nn.Module, cfg: DictConfig | dict, class_names: l
 
 def load_detector(path: str | os.PathLike) -> tuple[FasterRCNN, dict[str, Any], list[str]]:
     """A detector from `detector_checkpoint` output or a training checkpoint of `train_det.py`."""
-    from engine.checkpoint import load_checkpoint
-
     state = load_checkpoint(path)
     if state.get("kind") != "faster_rcnn" or "config" not in state:
         what = f"a {state['arch']} classifier checkpoint" if "arch" in state else "not a detector checkpoint"

@@ -34,7 +34,7 @@ from engine.trainer import Trainer, TrainerOptions, start_run
 DEFAULTS: dict[str, Any] = {
     "model": copy.deepcopy(MODEL_DEFAULTS),
     "data": {"dataset": "shapes", "root": None, "train_split": None, "val_split": None, "workers": 2,
-             "flip_prob": 0.5, "photometric": False},
+             "flip_prob": 0.5, "photometric": False, "keep_empty": False},
     "solver": {"ims_per_batch": 2, "accumulate": 1, "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0005,
                "max_iter": 80000, "steps": [60000], "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.001,
                "warmup_method": "linear"},
@@ -51,7 +51,8 @@ def datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset]:
         hint = " (make one with tools/make_shapes.py)" if data.dataset == "shapes" else ""
         raise UserError(f"--data DIR is required for dataset {data.dataset}{hint}")
     augment = DetectionAugmentation(data.flip_prob, data.photometric)
-    train = build_detection_dataset(data.dataset, data.root, data.train_split, transform=augment, train=True)
+    train = build_detection_dataset(data.dataset, data.root, data.train_split, transform=augment, train=True,
+                                    keep_empty=data.keep_empty)
     val = build_detection_dataset(data.dataset, data.root, data.val_split)
     return train, val
 

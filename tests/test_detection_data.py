@@ -52,6 +52,8 @@ def test_coco_dataset_targets_and_training_skips_empty_images(shapes_dir):
     images, targets = collate_detection([train[0], train[1]])
     assert len(images) == len(targets) == 2
     assert build_detection_dataset("shapes", shapes_dir, "val").class_names == list(SHAPE_CLASSES)
+    assert len(build_detection_dataset("shapes", shapes_dir, "train", train=True)) == len(train)
+    assert len(build_detection_dataset("shapes", shapes_dir, "train", train=True, keep_empty=True)) == len(full)
 
 
 def test_horizontal_flip_moves_boxes_with_the_pixels():

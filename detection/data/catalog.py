@@ -17,9 +17,11 @@ DEFAULT_SPLITS = {"coco": ("train2017", "val2017"), "shapes": ("train", "val"), 
 
 
 def build_detection_dataset(name: str, root: str | os.PathLike, split: str | None = None, *,
-                            transform: Callable | None = None, train: bool = False) -> DetectionDataset:
+                            transform: Callable | None = None, train: bool = False,
+                            keep_empty: bool = False) -> DetectionDataset:
     """`coco` / `shapes`: `root/annotations/instances_<split>.json` with images in `root/<split>/`;
-    VOC sets: `root` is the VOCdevkit folder. `split` defaults to the set's train or test split."""
+    VOC sets: `root` is the VOCdevkit folder. `split` defaults to the set's train or test split. Training
+    sets skip COCO-format images without objects unless `keep_empty`."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
     root = Path(root)
@@ -27,5 +29,6 @@ def build_detection_dataset(name: str, root: str | os.PathLike, split: str | Non
         raise UserError(f"{root}: dataset folder not found")
     split = split or DEFAULT_SPLITS[name][0 if train else 1]
     if name in ("coco", "shapes"):
-        return CocoDetection(root / "annotations" / f"instances_{split}.json", root / split, transform, train=train)
+        return CocoDetection(root / "annotations" / f"instances_{split}.json", root / split, transform, train=train,
+                             keep_empty=keep_empty or not train)
     return VOCDetection(root, name, split, transform, train=train)
