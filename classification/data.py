@@ -7,7 +7,6 @@ Every dataset returns `(image, label)` where `image` is a PIL image (the transfo
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from collections.abc import Callable, Sequence
@@ -103,7 +102,7 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, list[int]]:
         raise UserError(f"{path}: CIFAR-10 batch file not found (expected cifar-10-batches-py/{path.name})")
     try:
         with open(path, "rb") as f:
-            batch = _CifarUnpickler(io.BufferedReader(f), encoding="bytes").load()
+            batch = _CifarUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise UserError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
     if not isinstance(batch, dict):
