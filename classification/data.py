@@ -11,13 +11,14 @@ import os
 import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 
+from backbones.weights import NumpyUnpickler
 from engine.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -65,31 +66,6 @@ class ImageFolder(Dataset):
         return (self.transform(image) if self.transform else image), label
 
 
-def _empty_array(subtype: type, shape: Any, dtype: Any) -> np.ndarray:
-    """What numpy's pickled `_reconstruct` does: an empty array that the pickle then fills."""
-    if subtype is not np.ndarray:
-        raise pickle.UnpicklingError(f"refusing array subtype {subtype!r}")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Accepts only what the CIFAR-10 python batches contain: containers, bytes, numpy arrays."""
-
-    _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
-        ("numpy.core.multiarray", "_reconstruct"): _empty_array,
-        ("numpy._core.multiarray", "_reconstruct"): _empty_array,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): lambda text, encoding="utf-8": text.encode(encoding),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
-
-
 CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_FILES = ("test_batch",)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -102,7 +78,7 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, list[int]]:
         raise UserError(f"{path}: CIFAR-10 batch file not found (expected cifar-10-batches-py/{path.name})")
     try:
         with open(path, "rb") as f:
-            batch = _CifarUnpickler(f, encoding="bytes").load()
+            batch = NumpyUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise UserError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
     if not isinstance(batch, dict):

@@ -63,6 +63,10 @@ def load_classifier(weights_path: str, arch: str | None = None, options: dict | 
     arch = arch or weights.arch or backbones.guess_arch(weights.state_dict)
     if arch is None:
         raise UserError(f"{weights_path}: cannot tell the architecture; give --arch")
+    if weights.input_format:
+        raise UserError(f"{weights_path}: these weights expect {weights.input_format['channel_order']} input with "
+                        f"mean {weights.input_format['pixel_mean']} (0..255 pixels); eval_cls feeds ImageNet-"
+                        "normalised RGB. Use them as a detector backbone (train_det.py sets the input format)")
     options = {**weights.options, **(options or {})}
     head = weights.state_dict.get("fc.weight", weights.state_dict.get("classifier.6.weight"))
     if head is None:

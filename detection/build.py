@@ -14,6 +14,7 @@ from torch import nn
 
 import backbones
 from backbones.features import model_head_prefixes
+from backbones.weights import check_options
 from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
 from detection.faster_rcnn import FasterRCNN
@@ -56,12 +57,19 @@ MODEL_DEFAULTS: dict[str, Any] = {
 
 
 def _load_classifier(m: DictConfig | dict) -> nn.Module:
-    classifier = backbones.build_model(m["backbone"], **to_dict(m["backbone_options"]))
+    options = to_dict(m["backbone_options"])
+    classifier = backbones.build_model(m["backbone"], **options)
     if m["weights"]:
         weights = backbones.read_weights(m["weights"])
         if weights.arch and weights.arch != m["backbone"]:
             raise UserError(f"{m['weights']}: holds {weights.arch} weights but the detector backbone is "
                             f"{m['backbone']}")
+        check_options(weights, options)
+        wanted = weights.input_format
+        if wanted and any(list(m[k]) != wanted[k] if k != "channel_order" else m[k] != wanted[k] for k in wanted):
+            raise UserError(f"{m['weights']}: these weights expect {wanted['channel_order']} input with mean "
+                            f"{wanted['pixel_mean']} and std {wanted['pixel_std']}; set "
+                            + " ".join(f"model.{k}={v!s}".replace(" ", "") for k, v in wanted.items()))
         backbones.load_weights(classifier, weights, arch=m["backbone"], skip_prefixes=model_head_prefixes(classifier))
     return classifier
 

@@ -1,0 +1,145 @@
+"""Weights from elsewhere: MSRA / Caffe2 model-zoo ResNet pickles, read safely."""
+
+import copy
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import backbones
+from detection.build import MODEL_DEFAULTS, build_detector
+from engine.errors import UserError
+
+EPS = 1e-5
+
+
+def caffe2_blobs(model: nn.Module) -> dict[str, np.ndarray]:
+    """The model in the Caffe2 Detectron naming, each BN folded into a scale and shift as Caffe2 stores it.
+    Written from the naming scheme (conv1_w, res_conv1_bn_s, res<stage>_<block>_branch<1|2a|2b|2c>...)."""
+    state = model.state_dict()
+    blobs = {}
+
+    def put_bn(prefix: str, name: str) -> None:
+        scale = state[prefix + "weight"] / torch.sqrt(state[prefix + "running_var"] + EPS)
+        blobs[name + "_s"] = scale.numpy()
+        blobs[name + "_b"] = (state[prefix + "bias"] - state[prefix + "running_mean"] * scale).numpy()
+
+    blobs["conv1_w"] = state["conv1.weight"].numpy()
+    put_bn("bn1.", "res_conv1_bn")
+    for stage in range(1, 5):
+        for block in range(len(getattr(model, f"layer{stage}"))):
+            src, dst = f"layer{stage}.{block}.", f"res{stage + 1}_{block}_"
+            for index, branch in enumerate(("2a", "2b", "2c"), start=1):
+                blobs[f"{dst}branch{branch}_w"] = state[f"{src}conv{index}.weight"].numpy()
+                put_bn(f"{src}bn{index}.", f"{dst}branch{branch}_bn")
+            if f"{src}downsample.0.weight" in state:
+                blobs[f"{dst}branch1_w"] = state[f"{src}downsample.0.weight"].numpy()
+                put_bn(f"{src}downsample.1.", f"{dst}branch1_bn")
+    blobs["fc1000_w"] = state["fc.weight"].numpy()
+    blobs["fc1000_b"] = state["fc.bias"].numpy()
+    blobs["fc1000_w_momentum"] = np.zeros(1, np.float32)  # training state that model-zoo files carry
+    return blobs
+
+
+@pytest.fixture
+def msra_file(tmp_path):
+    model = backbones.build_model("resnet50", stride_in_1x1=True, width=8).eval()
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    path = tmp_path / "R-50.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": caffe2_blobs(model)}, f, protocol=2)
+    return model, path
+
+
+def test_msra_pickle_loads_and_reproduces_the_known_model(msra_file):
+    model, path = msra_file
+    weights = backbones.read_weights(path)
+    assert weights.arch == "resnet50" and weights.options == {"stride_in_1x1": True}
+    assert weights.input_format["channel_order"] == "BGR"
+    ours = backbones.build_model("resnet50", stride_in_1x1=True, width=8)
+    backbones.load_weights(ours, weights, arch="resnet50")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), model(x), rtol=1e-3, atol=1e-3)  # BN folded in float32
+
+
+def test_msra_weights_need_their_stride_and_input_convention_in_the_detector(msra_file):
+    _, path = msra_file
+    cfg = {"model": copy.deepcopy(MODEL_DEFAULTS)}
+    cfg["model"].update(backbone="resnet50", backbone_options={"width": 8}, weights=str(path))
+    with pytest.raises(UserError, match="trained with stride_in_1x1=true"):
+        build_detector(cfg, 3)
+    cfg["model"]["backbone_options"]["stride_in_1x1"] = True
+    with pytest.raises(UserError, match="expect BGR input .* set model.pixel_mean=\\[103.53"):
+        build_detector(cfg, 3)
+    cfg["model"].update(pixel_mean=[103.53, 116.28, 123.675], pixel_std=[1.0, 1.0, 1.0], channel_order="BGR")
+    model = build_detector(cfg, 3)
+    assert model.transform.channel_order == "BGR"
+
+
+def test_a_poisoned_model_zoo_pickle_is_refused_without_running_it(tmp_path, monkeypatch):
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "R-101.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": {"conv1_w": Exploit()}}, f, protocol=2)
+    with pytest.raises(UserError, match="R-101.pkl: not a readable model-zoo pickle .*refusing to load posix.system"):
+        backbones.read_weights(path)
+    assert not (tmp_path / "pwned").exists()
+    with open(path, "wb") as f:
+        pickle.dump({"blobs": {"rpn_conv_w": np.zeros(3, np.float32)}}, f, protocol=2)
+    with pytest.raises(UserError, match="unexpected blob 'rpn_conv_w'"):
+        backbones.read_weights(path)
+
+
+def test_convert_weights_round_trips_torchvision_and_msra(tmp_path, msra_file, capsys):
+    import sys
+    from pathlib import Path
+
+    import torchvision
+
+    from engine.cli import run_cli
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import convert_weights
+
+    reference = torchvision.models.resnet18()
+    src = tmp_path / "tv.pth"
+    torch.save(reference.state_dict(), src)
+    assert run_cli(convert_weights.main, ["--from", "torchvision", "--src", str(src), "--dst",
+                                          str(tmp_path / "ours.pth")]) == 0
+    assert torch.load(tmp_path / "ours.pth", weights_only=True)["arch"] == "resnet18"
+    assert run_cli(convert_weights.main, ["--from", "ours", "--src", str(tmp_path / "ours.pth"), "--dst",
+                                          str(tmp_path / "back.pth"), "--to", "torchvision"]) == 0
+    back = torchvision.models.resnet18()
+    back.load_state_dict(torch.load(tmp_path / "back.pth", weights_only=True), strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(), reference.state_dict().values(),
+                                                 strict=True))
+
+    model, pkl = msra_file
+    out = tmp_path / "r50.safetensors"
+    assert run_cli(convert_weights.main, ["--from", "msra", "--src", str(pkl), "--dst", str(out), "-o", "width=8"]) == 0
+    weights = backbones.read_weights(out)
+    assert weights.arch == "resnet50" and weights.options == {"stride_in_1x1": True, "width": 8}
+    assert weights.input_format["channel_order"] == "BGR"
+    ours = backbones.build_model("resnet50", stride_in_1x1=True, width=8)
+    backbones.load_weights(ours, weights, arch="resnet50")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), model(x), rtol=1e-3, atol=1e-3)  # BN folded in float32
+    assert run_cli(convert_weights.main, ["--from", "msra", "--src", str(pkl), "--dst", str(tmp_path / "x.pth"),
+                                          "--to", "torchvision", "-o", "width=8"]) == 2
+    assert "has no torchvision equivalent" in capsys.readouterr().err
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(UserError, match="bad.safetensors: not a readable safetensors file"):
+        backbones.read_weights(tmp_path / "bad.safetensors")
