@@ -44,6 +44,16 @@ def caffe2_blobs(model: nn.Module) -> dict[str, np.ndarray]:
     return blobs
 
 
+def assert_reproduces(weights: backbones.WeightFile, model: nn.Module) -> None:
+    """The MSRA-layout ResNet-50 rebuilt from `weights` gives `model`'s logits (BGR input convention noted)."""
+    assert weights.input_format["channel_order"] == "BGR"
+    ours = backbones.build_model("resnet50", stride_in_1x1=True, width=8)
+    backbones.load_weights(ours, weights, arch="resnet50")
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), model(x), rtol=1e-3, atol=1e-3)  # BN folded in float32
+
+
 @pytest.fixture
 def msra_file(tmp_path):
     model = backbones.build_model("resnet50", stride_in_1x1=True, width=8).eval()
@@ -62,12 +72,7 @@ def test_msra_pickle_loads_and_reproduces_the_known_model(msra_file):
     model, path = msra_file
     weights = backbones.read_weights(path)
     assert weights.arch == "resnet50" and weights.options == {"stride_in_1x1": True}
-    assert weights.input_format["channel_order"] == "BGR"
-    ours = backbones.build_model("resnet50", stride_in_1x1=True, width=8)
-    backbones.load_weights(ours, weights, arch="resnet50")
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(ours.eval()(x), model(x), rtol=1e-3, atol=1e-3)  # BN folded in float32
+    assert_reproduces(weights, model)
 
 
 def test_msra_weights_need_their_stride_and_input_convention_in_the_detector(msra_file):
@@ -131,12 +136,7 @@ def test_convert_weights_round_trips_torchvision_and_msra(tmp_path, msra_file, c
     assert run_cli(convert_weights.main, ["--from", "msra", "--src", str(pkl), "--dst", str(out), "-o", "width=8"]) == 0
     weights = backbones.read_weights(out)
     assert weights.arch == "resnet50" and weights.options == {"stride_in_1x1": True, "width": 8}
-    assert weights.input_format["channel_order"] == "BGR"
-    ours = backbones.build_model("resnet50", stride_in_1x1=True, width=8)
-    backbones.load_weights(ours, weights, arch="resnet50")
-    x = torch.randn(1, 3, 64, 64)
-    with torch.no_grad():
-        torch.testing.assert_close(ours.eval()(x), model(x), rtol=1e-3, atol=1e-3)  # BN folded in float32
+    assert_reproduces(weights, model)
     assert run_cli(convert_weights.main, ["--from", "msra", "--src", str(pkl), "--dst", str(tmp_path / "x.pth"),
                                           "--to", "torchvision", "-o", "width=8"]) == 2
     assert "has no torchvision equivalent" in capsys.readouterr().err
