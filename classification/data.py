@@ -15,23 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from backbones.weights import NumpyUnpickler
 from engine.errors import UserError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file fully (so truncation is caught here) as RGB."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable image ({exc})") from None
+from engine.images import IMAGE_EXTENSIONS, load_rgb
 
 
 class ImageFolder(Dataset):

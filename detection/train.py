@@ -57,7 +57,7 @@ def datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset]:
     return train, val
 
 
-def visualize(model: nn.Module, dataset: DetectionDataset, detections, out_dir: Path, count: int,
+def visualize(dataset: DetectionDataset, detections, out_dir: Path, count: int,
               score_thresh: float) -> list[Path]:
     """Draw the detections of the first `count` images of `dataset` to `out_dir`."""
     written = []
@@ -137,7 +137,7 @@ def train_detector(cfg: DictConfig, output_dir: str | os.PathLike, resume: bool 
             key = "coco_AP" if metric == "coco" else f"{metric}_mAP"
             plot_curves({"val": records}, output_dir / f"{key}.png", key=key, ylabel=f"{key} (%)", splits=("val",),
                         title=f"validation {key}")
-        visualize(model, val_set, last_results.get("_detections", {}), output_dir / "detections",
+        visualize(val_set, last_results.get("_detections", {}), output_dir / "detections",
                   cfg.test.vis_images, cfg.test.vis_score_thresh)
     writer.close()
     return results

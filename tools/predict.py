@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from classification.data import IMAGE_EXTENSIONS
 from detection.build import load_detector
 from detection.data.common import load_image, to_tensors
 from detection.visualize import draw_detections, save_image
 from engine.cli import run_cli
 from engine.distributed import resolve_device
 from engine.errors import UserError
+from engine.images import IMAGE_EXTENSIONS
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from engine.errors import UserError
+from engine.images import load_rgb
 
 
 @dataclass
@@ -32,14 +32,7 @@ class GroundTruth:
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """RGB uint8 array (H, W, 3), fully decoded so truncated files fail here, naming the file."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return np.array(img.convert("RGB"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable image ({exc})") from None
+    return np.array(load_rgb(path))
 
 
 def resolve_inside(root: Path, file_name: str, source: str) -> Path:
