@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from backbones.resnet import IMAGENET_DEPTHS, Bottleneck
-from engine.checkpoint import save_checkpoint
+from engine.checkpoint import load_weights_only, save_checkpoint
 from engine.errors import UserError
 
 StateDict = Mapping[str, torch.Tensor]
@@ -133,7 +133,7 @@ def read_msra_pickle(path: str) -> WeightFile:
 def read_weights(path: str | os.PathLike) -> WeightFile:
     """Read a state dict from `path` (weights only); a missing, corrupt or foreign file is a `UserError`."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not os.path.isfile(path):  # checked here too: the .pkl and .safetensors readers need it as well
         raise UserError(f"{path}: weight file not found")
     if path.endswith(".pkl"):
         return read_msra_pickle(path)
@@ -149,11 +149,7 @@ def read_weights(path: str | os.PathLike) -> WeightFile:
             raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
         return WeightFile(state, path, meta.get("arch") or None, json.loads(meta.get("options", "{}")),
                           json.loads(meta.get("input_format", "{}")))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable weights-only checkpoint ({first_line})") from None
+    obj = load_weights_only(path, "weight file", "not a readable weights-only checkpoint")
     return weights_from_object(obj, path)
 
 

@@ -39,16 +39,23 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` (weights only: nothing in it is executed)."""
+def load_weights_only(path: str | os.PathLike, kind: str = "checkpoint",
+                      failure: str = "corrupt or unsafe checkpoint") -> Any:
+    """`torch.load(weights_only=True)` on the CPU: nothing in the file is executed. A missing file is
+    "`<path>: <kind> not found`", an unreadable one "`<path>: <failure> (<first line of the reason>)`"."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
+        raise UserError(f"{path}: {kind} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"{path}: corrupt or unsafe checkpoint ({first})") from None
+        raise UserError(f"{path}: {failure} ({first})") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (weights only: nothing in it is executed)."""
+    state = load_weights_only(path)
     if not isinstance(state, dict):
         raise UserError(f"{path}: not a checkpoint (holds a {type(state).__name__})")
     return state
