@@ -205,11 +205,11 @@ def save_weights(weights: WeightFile, path: str | os.PathLike, arch: str | None 
 def check_options(weights: WeightFile, options: dict[str, Any]) -> None:
     """The builder options a weight file records (e.g. `stride_in_1x1` of MSRA weights) must be the ones the
     model is built with: same shapes, different network otherwise."""
-    wrong = {k: v for k, v in weights.options.items() if options.get(k, False) != v and k == "stride_in_1x1"}
-    if wrong:
-        fix = " ".join(f"{k}={str(v).lower()}" for k, v in wrong.items())
+    recorded = weights.options.get("stride_in_1x1")
+    if recorded is not None and options.get("stride_in_1x1", False) != recorded:
+        fix = f"stride_in_1x1={str(recorded).lower()}"
         raise UserError(f"{weights.source}: these weights were trained with {fix}; build the model with it "
-                        f"(e.g. model.backbone_options.{fix.split()[0]})")
+                        f"(e.g. model.backbone_options.{fix})")
 
 
 def _preview(keys: Iterable[str], limit: int = 4) -> str:

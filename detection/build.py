@@ -65,8 +65,8 @@ def _load_classifier(m: DictConfig | dict) -> nn.Module:
             raise UserError(f"{m['weights']}: holds {weights.arch} weights but the detector backbone is "
                             f"{m['backbone']}")
         check_options(weights, options)
-        wanted = weights.input_format
-        if wanted and any(list(m[k]) != wanted[k] if k != "channel_order" else m[k] != wanted[k] for k in wanted):
+        wanted, current = weights.input_format, to_dict(m)
+        if any(current[k] != v for k, v in wanted.items()):
             raise UserError(f"{m['weights']}: these weights expect {wanted['channel_order']} input with mean "
                             f"{wanted['pixel_mean']} and std {wanted['pixel_std']}; set "
                             + " ".join(f"model.{k}={v!s}".replace(" ", "") for k, v in wanted.items()))
