@@ -20,6 +20,7 @@ from classification.train import recompute_bn_stats
 from classification.transforms import PCALighting, eval_transform, train_transform
 from engine.cli import run_cli
 from engine.errors import UserError
+from tests.helpers import write_poisoned_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -81,15 +82,8 @@ def test_cifar_batches_read_back_exactly(cifar_dir):
     assert len(CIFAR10(cifar_dir, "train45k")) == 180 and len(CIFAR10(cifar_dir, "val5k")) == 20
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (os.system, ("touch pwned",))
-
-
-def test_cifar_reader_refuses_code_and_wrong_files(cifar_dir, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with open(cifar_dir / "data_batch_2", "wb") as f:
-        pickle.dump({b"data": _Exploit()}, f, protocol=2)
+def test_cifar_reader_refuses_code_and_wrong_files(cifar_dir, tmp_path):
+    write_poisoned_pickle(cifar_dir / "data_batch_2", lambda payload: {b"data": payload}, tmp_path / "pwned")
     with pytest.raises(UserError, match=r"data_batch_2: not a CIFAR-10 python batch \(refusing to load posix.system"):
         CIFAR10(cifar_dir, "train")
     assert not (tmp_path / "pwned").exists()

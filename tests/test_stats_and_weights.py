@@ -1,7 +1,6 @@
 """Parameter/FLOP counts against the paper, weight files read safely, the model_stats tool."""
 
 import json
-import pickle
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torchvision
 import backbones
 from engine.cli import run_cli
 from engine.errors import UserError
+from tests.helpers import write_poisoned_pickle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import model_stats
@@ -77,16 +77,9 @@ def test_read_weights_handles_our_checkpoints_ddp_prefix_and_bad_files(tmp_path)
         backbones.read_weights(not_weights)
 
 
-class _Exploit:
-    def __reduce__(self):
-        return (Path.touch, (Path(_Exploit.target),))
-
-
 def test_a_poisoned_pickle_is_refused_without_running_it(tmp_path):
-    _Exploit.target = str(tmp_path / "pwned")
     path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump({"state_dict": {"w": _Exploit()}}, f, protocol=2)
+    write_poisoned_pickle(path, lambda payload: {"state_dict": {"w": payload}}, tmp_path / "pwned")
     with pytest.raises(UserError, match="evil.pth"):
         backbones.read_weights(path)
     assert not (tmp_path / "pwned").exists()

@@ -1,7 +1,6 @@
 """Weights from elsewhere: MSRA / Caffe2 model-zoo ResNet pickles, read safely."""
 
 import copy
-import os
 import pickle
 
 import numpy as np
@@ -12,6 +11,7 @@ from torch import nn
 import backbones
 from detection.build import MODEL_DEFAULTS, build_detector
 from engine.errors import UserError
+from tests.helpers import write_poisoned_pickle
 
 EPS = 1e-5
 
@@ -89,15 +89,9 @@ def test_msra_weights_need_their_stride_and_input_convention_in_the_detector(msr
     assert model.transform.channel_order == "BGR"
 
 
-def test_a_poisoned_model_zoo_pickle_is_refused_without_running_it(tmp_path, monkeypatch):
-    class Exploit:
-        def __reduce__(self):
-            return (os.system, ("touch pwned",))
-
-    monkeypatch.chdir(tmp_path)
+def test_a_poisoned_model_zoo_pickle_is_refused_without_running_it(tmp_path):
     path = tmp_path / "R-101.pkl"
-    with open(path, "wb") as f:
-        pickle.dump({"blobs": {"conv1_w": Exploit()}}, f, protocol=2)
+    write_poisoned_pickle(path, lambda payload: {"blobs": {"conv1_w": payload}}, tmp_path / "pwned")
     with pytest.raises(UserError, match="R-101.pkl: not a readable model-zoo pickle .*refusing to load posix.system"):
         backbones.read_weights(path)
     assert not (tmp_path / "pwned").exists()
