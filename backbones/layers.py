@@ -31,6 +31,10 @@ class FrozenBatchNorm2d(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Inference uses the fused eval-mode kernel, as detectron2 does: imported detectors then give its
+        # detections to the last bit. With gradients, the same map written out as a scale and a shift.
+        if not x.requires_grad:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)

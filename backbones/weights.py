@@ -1,10 +1,18 @@
 """Reading weight files safely and loading them with errors that say what does not fit.
 
-`.pth`/`.pt` files are opened with `torch.load(weights_only=True)`: no code in a checkpoint runs. Recognised
-layouts: a plain state dict (torchvision's files), our checkpoints (`{"arch", "options", "state_dict"}`,
-also `"model"` for training checkpoints), and DDP's `module.` prefix. `.pkl` files are the MSRA / Caffe2
-model-zoo pickles (`R-50.pkl`, `R-101.pkl`), read with a restricted unpickler that builds numpy arrays and
-plain containers and nothing else.
+`.pth`/`.pt`/`.bin` files are opened with `torch.load(weights_only=True)`: no code in a checkpoint runs.
+`.pkl` files (MSRA / Caffe2 `R-50.pkl`, detectron2 model-zoo `model_final_*.pkl`) are read with a restricted
+unpickler that builds numpy arrays and plain containers and nothing else; `.safetensors` with safetensors.
+
+Every file becomes a `WeightFile` in our (torchvision's) classifier keys, whatever its source; the layout is
+told from the keys (`FORMATS`):
+- `ours`: our checkpoints (`{"arch", "options", "state_dict"}`, also `"model"` for training checkpoints);
+- `torchvision`: a plain state dict in torchvision's keys (timm's ResNets use the same keys);
+- `timm`: timm's VGG (`pre_logits.fc1` as a 7x7 conv, `head.fc`);
+- `msra`: Caffe2 blobs (`res2_0_branch2a_w`, ...);
+- `detectron2`: detectron2 ResNet / Faster R-CNN C4 keys (`backbone.res2.0.conv1.norm.weight`,
+  `roi_heads.res5.*`); the RPN and box-predictor tensors it also holds go to `WeightFile.extra`.
+DDP's `module.` prefix is dropped.
 """
 
 from __future__ import annotations
@@ -40,6 +48,11 @@ class WeightFile:
     arch: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     input_format: dict[str, Any] = field(default_factory=dict)
+    format: str = "torchvision"  # one of FORMATS: the layout the file was written in
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # detector heads, in the file's own names
+
+
+FORMATS = ("ours", "torchvision", "timm", "msra", "detectron2")
 
 
 def _empty_array(subtype: type, shape: Any, dtype: Any) -> np.ndarray:
@@ -115,28 +128,47 @@ def msra_to_state_dict(blobs: dict[str, np.ndarray], source: str, eps: float = 1
     return state
 
 
-def read_msra_pickle(path: str) -> WeightFile:
-    """A model-zoo ResNet pickle (`{"blobs": {name: array}}` or the blobs alone), as a WeightFile with the
-    stride-in-1x1 option and the BGR / mean-only input convention those weights were trained with."""
+def read_pickle(path: str) -> WeightFile:
+    """A model-zoo pickle: MSRA / Caffe2 blobs (`{"blobs": {name: array}}` or the blobs alone), or a
+    detectron2 model (`{"model": {name: array}, "__author__": ...}`)."""
     try:
         with open(path, "rb") as f:
             data = NumpyUnpickler(f, encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
         raise UserError(f"{path}: not a readable model-zoo pickle ({exc})") from None
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data["model"].items()
+                 if isinstance(v, np.ndarray)}
+        weights = weights_from_object(state, path)
+        if weights.format == "detectron2" and data.get("__author__") == "torchvision":
+            weights.options, weights.input_format = {}, {}  # convert-torchvision-to-d2: torchvision's convention
+        return weights
     blobs = data.get("blobs", data) if isinstance(data, dict) else None
     if not isinstance(blobs, dict) or not blobs:
-        raise UserError(f"{path}: expected a dict of named arrays (Caffe2 'blobs')")
+        raise UserError(f"{path}: expected a dict of named arrays (Caffe2 'blobs' or a detectron2 'model')")
     state = msra_to_state_dict(blobs, path)
-    return WeightFile(state, path, guess_arch(state), {"stride_in_1x1": True}, dict(MSRA_INPUT))
+    return WeightFile(state, path, guess_arch(state), {"stride_in_1x1": True}, dict(MSRA_INPUT), "msra")
 
 
-def read_weights(path: str | os.PathLike) -> WeightFile:
-    """Read a state dict from `path` (weights only); a missing, corrupt or foreign file is a `UserError`."""
+def read_weights(path: str | os.PathLike, expect: str | None = None) -> WeightFile:
+    """Read weights from `path` in our classifier keys (see the module docstring for the layouts told apart).
+
+    `expect` (one of `FORMATS`, e.g. from `--from`) makes a file of another layout an error that names the
+    `--from` that fits. A missing, corrupt or foreign file is a `UserError`.
+    """
     path = os.fspath(path)
+    weights = _read_any(path)
+    same_keys = {"ours", "torchvision", "timm"}  # timm's ResNets and our files use torchvision's keys
+    if expect and expect != weights.format and not (weights.format != "timm" and {expect, weights.format} <= same_keys):
+        raise UserError(f"{path}: these are {weights.format} weights, not {expect}; use --from {weights.format}")
+    return weights
+
+
+def _read_any(path: str) -> WeightFile:
     if not os.path.isfile(path):  # checked here too: the .pkl and .safetensors readers need it as well
         raise UserError(f"{path}: weight file not found")
     if path.endswith(".pkl"):
-        return read_msra_pickle(path)
+        return read_pickle(path)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
@@ -147,23 +179,92 @@ def read_weights(path: str | os.PathLike) -> WeightFile:
             state = load_file(path)
         except (SafetensorError, OSError, ValueError) as exc:
             raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-        return WeightFile(state, path, meta.get("arch") or None, json.loads(meta.get("options", "{}")),
-                          json.loads(meta.get("input_format", "{}")))
+        weights = weights_from_object(state, path)
+        if "arch" in meta:  # written by save_weights
+            weights.arch, weights.format = meta["arch"] or None, "ours"
+            weights.options = json.loads(meta.get("options", "{}"))
+            weights.input_format = json.loads(meta.get("input_format", "{}"))
+        return weights
     obj = load_weights_only(path, "weight file", "not a readable weights-only checkpoint")
     return weights_from_object(obj, path)
 
 
 def weights_from_object(obj: Any, source: str) -> WeightFile:
     """Interpret a loaded checkpoint object (see module docstring) as a `WeightFile`."""
-    arch, options, input_format = None, {}, {}
+    arch, options, input_format, fmt = None, {}, {}, "torchvision"
     if isinstance(obj, Mapping) and ("state_dict" in obj or "model" in obj):
         arch, options = obj.get("arch"), dict(obj.get("options") or {})
         input_format = dict(obj.get("input_format") or {})
+        fmt = "ours" if "options" in obj or "input_format" in obj else fmt
         obj = obj.get("state_dict", obj.get("model"))
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{source}: does not contain a state dict of tensors")
     state_dict = {k.removeprefix("module."): v for k, v in obj.items()}
-    return WeightFile(state_dict, source, arch, options, input_format)
+    if any(DETECTRON2_KEY.match(k) for k in state_dict):
+        return detectron2_weights(state_dict, source)
+    if "pre_logits.fc1.weight" in state_dict:
+        state_dict, fmt = timm_vgg_to_state_dict(state_dict), "timm"
+    elif "conv1.0.weight" in state_dict and "layer1.0.conv1.weight" in state_dict:
+        raise UserError(f"{source}: a timm ResNet with a deep stem (resnet*c/d/s); only the original ResNet "
+                        "(conv1 7x7) has a counterpart here")
+    return WeightFile(state_dict, source, arch, options, input_format, fmt)
+
+
+def timm_vgg_to_state_dict(state: StateDict) -> dict[str, torch.Tensor]:
+    """timm's VGG runs fc6/fc7 as 7x7 and 1x1 convs (`pre_logits.fc1/fc2`) and names fc8 `head.fc`; as
+    linear layers in torchvision's keys (a 7x7 conv on a 7x7 map is the linear layer on the flattened map)."""
+    renamed = {"pre_logits.fc1": "classifier.0", "pre_logits.fc2": "classifier.3", "head.fc": "classifier.6"}
+    out = {}
+    for key, value in state.items():
+        layer, _, attr = key.rpartition(".")
+        name = renamed.get(layer)
+        if name is None:
+            out[key] = value
+        else:
+            out[f"{name}.{attr}"] = value.flatten(1) if attr == "weight" else value
+    return out
+
+
+DETECTRON2_KEY = re.compile(r"(backbone\.)?(stem\.conv1|res[2-5]\.\d+)\.|proposal_generator\.")
+
+
+def _detectron2_resnet_key(key: str) -> str | None:
+    """torchvision-style classifier key of a detectron2 ResNet tensor (None: not part of the ResNet).
+    The C4 detector keeps res5 in its RoI head (`roi_heads.res5.*`)."""
+    key = key.removeprefix("backbone.").removeprefix("roi_heads.")
+    if m := re.fullmatch(r"stem\.conv1(\.norm)?\.(\w+)", key):
+        return ("bn1." if m.group(1) else "conv1.") + m.group(2)
+    if m := re.fullmatch(r"res([2-5])\.(\d+)\.(conv[1-3]|shortcut)(\.norm)?\.(\w+)", key):
+        stage, block, layer, norm, attr = m.groups()
+        if layer == "shortcut":
+            layer = "downsample.1" if norm else "downsample.0"
+        elif norm:
+            layer = "bn" + layer[-1]
+        return f"layer{int(stage) - 1}.{block}.{layer}.{attr}"
+    return None
+
+
+def detectron2_weights(state: StateDict, source: str) -> WeightFile:
+    """A detectron2 ResNet or Faster R-CNN C4 state dict: the ResNet in our classifier keys, the RPN and box
+    predictor in `extra` (detectron2's names), and the input convention (stored pixel mean/std when the file
+    has them, detectron2's BGR default otherwise)."""
+    resnet, extra = {}, {}
+    for key, value in state.items():
+        if key in ("pixel_mean", "pixel_std") or key.endswith("num_batches_tracked"):
+            continue
+        if (ours := _detectron2_resnet_key(key)) is not None:
+            resnet[ours] = value.float()
+        elif key.startswith(("proposal_generator.rpn_head.", "roi_heads.box_predictor.")):
+            extra[key] = value.float()
+        else:
+            raise UserError(f"{source}: unexpected key {key!r} for a detectron2 ResNet / Faster R-CNN C4 "
+                            "(FPN and other heads have no counterpart here)")
+    # detectron2's defaults (RESNETS.STRIDE_IN_1X1, INPUT.FORMAT, PIXEL_MEAN/STD): the MSRA convention
+    options, input_format = {"stride_in_1x1": True}, dict(MSRA_INPUT)
+    if "pixel_mean" in state:  # older detectron2 files store them; the order is blue-first when mean[0] < mean[2]
+        mean, std = (state[k].flatten().tolist() for k in ("pixel_mean", "pixel_std"))
+        input_format = {"pixel_mean": mean, "pixel_std": std, "channel_order": "BGR" if mean[0] < mean[2] else "RGB"}
+    return WeightFile(resnet, source, guess_arch(resnet), options, input_format, "detectron2", extra)
 
 
 def guess_arch(state_dict: StateDict) -> str | None:

@@ -137,3 +137,73 @@ def test_convert_weights_round_trips_torchvision_and_msra(tmp_path, msra_file, c
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="bad.safetensors: not a readable safetensors file"):
         backbones.read_weights(tmp_path / "bad.safetensors")
+
+
+def detectron2_state_dict(detector: nn.Module) -> dict[str, torch.Tensor]:
+    """Our C4 detector in detectron2's names, written from detectron2's layout: `backbone.stem.conv1`,
+    `backbone.res<N>.<i>.conv<j>[.norm]`, `shortcut[.norm]`, res5 under `roi_heads.`, the RPN under
+    `proposal_generator.rpn_head.`, and a K+1-way classifier with background as the last class."""
+    out = {}
+    for key, value in detector.state_dict().items():
+        key = key.replace("backbone.stages.", "backbone.").replace("roi_heads.box_head.res5", "roi_heads.res5")
+        key = key.replace("stem.bn1.", "stem.conv1.norm.").replace("rpn.head.", "proposal_generator.rpn_head.")
+        key = key.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+        for j in (1, 2, 3):
+            key = key.replace(f".bn{j}.", f".conv{j}.norm.")
+        if key == "roi_heads.predictor.cls_score.weight" or key == "roi_heads.predictor.cls_score.bias":
+            value = torch.cat([value[1:], value[:1]])  # background last
+        out[key.replace("roi_heads.predictor.", "roi_heads.box_predictor.")] = value.clone()
+    return out
+
+
+@pytest.fixture
+def detectron2_detector():
+    from detection.train import DEFAULTS, OPEN_KEYS
+    from engine.config import load_config
+
+    cfg = load_config(DEFAULTS, "configs/detection/detectron2_R50_C4.yaml",
+                      ["model.backbone_options.width=8", "model.min_size=[64]", "model.test_min_size=64",
+                       "model.max_size=128"], open_keys=OPEN_KEYS)
+    torch.manual_seed(0)
+    detector = build_detector(cfg, 3).eval()
+    with torch.no_grad():
+        for name, tensor in detector.state_dict().items():
+            if name.endswith("running_var"):
+                tensor.uniform_(0.5, 1.5)
+            elif name.endswith(("running_mean", "bias")):
+                tensor.normal_(0, 0.1)
+            elif name.startswith("roi_heads.predictor."):
+                tensor.normal_(0, 5e-4)
+        detector.backbone.stages.stem.conv1.weight /= 58.0  # std-1 BGR input: keep activations moderate
+    return detector, cfg
+
+
+def test_a_detectron2_checkpoint_loads_and_reproduces_the_known_detector(tmp_path, detectron2_detector):
+    from detection.weights import import_detectron2
+
+    detector, cfg = detectron2_detector
+    image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = detector([image])[0]
+    assert len(expected["boxes"]) > 5
+    state = detectron2_state_dict(detector)
+    files = {"pkl": tmp_path / "model_final.pkl", "pth": tmp_path / "model_final.pth"}
+    with open(files["pkl"], "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "Detectron2 Model Zoo"}, f)
+    torch.save({"model": state, "iteration": 90000}, files["pth"])
+    for path in files.values():
+        model, checkpoint = import_detectron2(str(path), cfg, ["a", "b", "c"])
+        with torch.no_grad():
+            got = model([image])[0]
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5)
+        assert checkpoint["class_names"] == ["a", "b", "c"] and checkpoint["config"]["model"]["weights"] is None
+
+    wrong = copy.deepcopy(cfg)
+    wrong.model.anchor_sizes = [32, 64, 128]
+    with pytest.raises(UserError, match="15 anchors per position, the config 9: set model.anchor_sizes"):
+        import_detectron2(str(files["pth"]), wrong, ["a", "b", "c"])
+    with pytest.raises(UserError, match="3 classes .*give their names"):
+        import_detectron2(str(files["pth"]), cfg)
+    with pytest.raises(UserError, match="these are detectron2 weights, not timm; use --from detectron2"):
+        backbones.read_weights(files["pkl"], expect="timm")

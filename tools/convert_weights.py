@@ -3,10 +3,15 @@
 
     python tools/convert_weights.py --from msra --src R-101.pkl --dst r101_msra.pth
     python tools/convert_weights.py --from torchvision --src resnet50-0676ba61.pth --dst r50.safetensors
+    python tools/convert_weights.py --from timm --src vgg16.tv_in1k/model.safetensors --dst vgg16.pth
+    python tools/convert_weights.py --from detectron2 --src model_final_721ade.pkl --dst r50_c4.pth \
+        --config configs/detection/detectron2_R50_C4.yaml
     python tools/convert_weights.py --from ours --src runs/r50/model_final.pth --dst r50_tv.pth --to torchvision
 
-The result says which architecture, options (e.g. `stride_in_1x1` for MSRA weights) and input convention
-(BGR, mean-only for MSRA) the weights need; `train_det.py --weights` and `eval_cls.py --weights` read it.
+Classifier weights: the result says which architecture, options (e.g. `stride_in_1x1` for MSRA weights) and
+input convention (BGR, mean-only for MSRA) they need; `train_det.py --weights` and `eval_cls.py --weights`
+read it (they also take the original files directly). A detectron2 Faster R-CNN C4 checkpoint becomes a
+detector checkpoint for `eval_det.py --checkpoint` and `predict.py`, built from `--config`.
 """
 
 from __future__ import annotations
@@ -19,49 +24,80 @@ from pathlib import Path
 import torch
 
 import backbones
-from backbones.weights import save_weights
+from backbones.features import model_head_prefixes
+from backbones.weights import FORMATS, WeightFile, save_weights
+from detection.train import DEFAULTS as DETECTION_DEFAULTS
+from detection.train import OPEN_KEYS as DETECTION_OPEN_KEYS
+from detection.weights import import_detectron2
 from engine.checkpoint import save_checkpoint
 from engine.cli import run_cli
-from engine.config import parse_key_values
+from engine.config import load_config, parse_key_values
 from engine.errors import UserError
 
-SOURCES = ("torchvision", "msra", "ours")
+
+def read_class_names(value: str | None) -> list[str] | None:
+    """`a,b,c` or a text file with one name per line."""
+    if value is None:
+        return None
+    if Path(value).is_file():
+        return [line.strip() for line in Path(value).read_text().splitlines() if line.strip()]
+    return [name.strip() for name in value.split(",") if name.strip()]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--from", dest="source", required=True, choices=SOURCES)
-    parser.add_argument("--src", required=True, help="input file (.pth state dict / checkpoint, .pkl, .safetensors)")
-    parser.add_argument("--dst", required=True, help="output: .pth (our checkpoint) or .safetensors")
-    parser.add_argument("--arch", help="registry name (default: recorded in the file or guessed from its keys)")
-    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                        help="builder option the weights need and the file does not record (e.g. width=32)")
-    parser.add_argument("--to", choices=["ours", "torchvision"], default="ours",
-                        help="torchvision: write a bare state dict that torchvision.models.* load strictly")
-    parser.add_argument("--debug", action="store_true")
-    args = parser.parse_args(argv)
-    weights = backbones.read_weights(args.src)
+def convert_detector(args: argparse.Namespace) -> str:
+    if not args.config:
+        raise UserError(f"{args.src}: a detectron2 detector needs --config describing its model "
+                        "(configs/detection/detectron2_R50_C4.yaml or detectron2_R101_C4.yaml)")
+    cfg = load_config(DETECTION_DEFAULTS, args.config, args.overrides, open_keys=DETECTION_OPEN_KEYS)
+    _, checkpoint = import_detectron2(args.src, cfg, read_class_names(args.class_names))
+    out = save_checkpoint(checkpoint, Path(args.dst))
+    return f"Faster R-CNN {cfg.model.backbone} C4, {len(checkpoint['class_names'])} classes -> {out}"
+
+
+def convert_classifier(args: argparse.Namespace, weights: WeightFile) -> str:
     weights.options.update(parse_key_values(args.option))
-    if args.source == "msra" and not args.src.endswith(".pkl"):
-        raise UserError(f"{args.src}: MSRA / Caffe2 model-zoo weights are .pkl files")
     arch = args.arch or weights.arch or backbones.guess_arch(weights.state_dict)
     if arch is None:
         raise UserError(f"{args.src}: cannot tell the architecture; give --arch (one of resnet18..152, vgg16/19)")
     head = weights.state_dict.get("fc.weight", weights.state_dict.get("classifier.6.weight"))
     model = backbones.build_model(arch, None if head is None else head.shape[0], **weights.options)
-    backbones.load_weights(model, weights, arch=arch)  # proves the weights fit before anything is written
+    heads = () if head is not None else model_head_prefixes(model)  # detectron2 ResNets have no fc
+    backbones.load_weights(model, weights, arch=arch, skip_prefixes=heads)  # proves the weights fit first
     if args.to == "torchvision":
-        if weights.options.get("stride_in_1x1") or weights.input_format:
-            raise UserError(f"{args.src}: {arch} with {weights.options or weights.input_format} has no torchvision "
-                            "equivalent (torchvision strides the 3x3 and feeds normalised RGB)")
-        out = save_checkpoint({k: v for k, v in model.state_dict().items()}, Path(args.dst))
+        if weights.options.get("stride_in_1x1") or weights.input_format or heads:
+            raise UserError(f"{args.src}: {arch} with {weights.options or weights.input_format or 'no fc layer'} has "
+                            "no torchvision equivalent (torchvision strides the 3x3, feeds normalised RGB and has fc)")
+        out = save_checkpoint(dict(model.state_dict()), Path(args.dst))
     else:
         weights.arch = arch
         out = save_weights(weights, args.dst, arch)
     extra = f", options {weights.options}" if weights.options else ""
     fmt = f", input {weights.input_format}" if weights.input_format else ""
-    print(f"{arch}{extra}{fmt}: {len(weights.state_dict)} tensors -> {out}")
+    return f"{arch}{extra}{fmt}: {len(weights.state_dict)} tensors -> {out}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--from", dest="source", choices=FORMATS,
+                        help="the file's layout (default: told from the file; given, a different layout is an error)")
+    parser.add_argument("--src", required=True, help="input: .pth/.bin state dict or checkpoint, .pkl, .safetensors")
+    parser.add_argument("--dst", required=True, help="output: .pth (our checkpoint) or .safetensors (classifiers)")
+    parser.add_argument("--arch", help="registry name (default: recorded in the file or guessed from its keys)")
+    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                        help="builder option the weights need and the file does not record (e.g. width=32)")
+    parser.add_argument("--to", choices=["ours", "torchvision"], default="ours",
+                        help="torchvision: write a bare state dict that torchvision.models.* load strictly")
+    parser.add_argument("--config", help="detectron2 detectors: the detection recipe of its model")
+    parser.add_argument("--class-names", help="detectron2 detectors: a,b,c or a file (default: COCO / VOC by count)")
+    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="detection config overrides")
+    args = parser.parse_intermixed_args(argv)
+    weights = backbones.read_weights(args.src, expect=args.source)
+    if weights.format == "detectron2" and weights.extra:
+        print(convert_detector(args))
+    else:
+        print(convert_classifier(args, weights))
     return 0
 
 

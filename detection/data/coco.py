@@ -16,6 +16,20 @@ from pycocotools.coco import COCO
 from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth, resolve_inside
 from engine.errors import UserError
 
+# The 80 COCO detection categories in increasing category id: the contiguous class order of models trained
+# on COCO (detectron2's model zoo among them).
+COCO_CLASSES = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)
+
 
 def load_json(path: str | os.PathLike, what: str) -> Any:
     """Parse a JSON file; a missing or malformed one is a `UserError` naming it (`what`: its role)."""

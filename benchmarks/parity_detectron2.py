@@ -1,0 +1,115 @@
+"""Parity with detectron2: the same Faster R-CNN C4 weights give the same detections in detectron2 and here.
+
+Needs detectron2's Python source and its pure-Python dependencies on PYTHONPATH (it runs on CPU without
+its compiled extension); nothing of detectron2 is part of this project:
+
+    PYTHONPATH=/path/to/detectron2:/path/to/fvcore_iopath_yacs python -m benchmarks.parity_detectron2 \
+        --d2-config /path/to/detectron2/configs/COCO-Detection/faster_rcnn_R_50_C4_3x.yaml \
+        --config configs/detection/detectron2_R50_C4.yaml --image photo.jpg [--weights model_final.pkl]
+
+Without `--weights` (no network here) the detectron2 model gets seeded random weights made realistic: each
+frozen BN is calibrated to normalise its input on the image (like precise BN on one image), the heads get
+spread-out scores. The weights are written as a detectron2 model-zoo `.pkl`, imported with
+`detection.weights.import_detectron2` and both detectors run on the image resized (as detectron2's
+`ResizeShortestEdge` does, with PIL) to the test size, so that no resampling difference enters. Prints the
+largest box and score differences over the kept detections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from detection.train import DEFAULTS, OPEN_KEYS
+from detection.weights import import_detectron2
+from engine.config import load_config
+
+
+def calibrate_frozen_bn(model: torch.nn.Module, run: callable, seed: int) -> None:
+    """Give every frozen BN the statistics of its input on one forward pass and a random affine map."""
+    g = torch.Generator().manual_seed(seed)
+    handles = []
+
+    def set_stats(module, inputs):
+        x = inputs[0]
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.copy_(x.var(dim=(0, 2, 3)) + 1e-3)
+        module.weight.copy_(torch.rand(module.num_features, generator=g) * 0.5 + 0.5)
+        module.bias.copy_(torch.randn(module.num_features, generator=g) * 0.1)
+
+    for module in model.modules():
+        if type(module).__name__ == "FrozenBatchNorm2d":
+            handles.append(module.register_forward_pre_hook(set_stats))
+    run()
+    for h in handles:
+        h.remove()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--d2-config", required=True, help="detectron2 yaml (configs/COCO-Detection/..._C4_...)")
+    parser.add_argument("--config", required=True, help="our recipe for the same model")
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--weights", help="a detectron2 checkpoint (default: calibrated random weights)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    torch.set_grad_enabled(False)
+    d2_cfg = get_cfg()
+    d2_cfg.merge_from_file(args.d2_config)
+    d2_cfg.MODEL.DEVICE = "cpu"
+    torch.manual_seed(args.seed)
+    d2_model = build_model(d2_cfg).eval()
+
+    image = Image.open(args.image).convert("RGB")
+    w, h = image.size
+    size, max_size = d2_cfg.INPUT.MIN_SIZE_TEST, d2_cfg.INPUT.MAX_SIZE_TEST
+    scale = min(size / min(h, w), max_size / max(h, w))
+    new_w, new_h = int(w * scale + 0.5), int(h * scale + 0.5)
+    rgb = np.asarray(image.resize((new_w, new_h), Image.BILINEAR), dtype=np.float32)
+    bgr = torch.from_numpy(rgb[:, :, ::-1].copy()).permute(2, 0, 1)
+    d2_input = [{"image": bgr, "height": new_h, "width": new_w}]
+
+    if args.weights:
+        DetectionCheckpointer(d2_model).load(args.weights)
+        weights_path = args.weights
+    else:
+        g = torch.Generator().manual_seed(args.seed + 1)
+        for name, p in d2_model.named_parameters():
+            if "box_predictor.cls_score.weight" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+            elif "box_predictor.bbox_pred.weight" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.005)
+        calibrate_frozen_bn(d2_model, lambda: d2_model(d2_input), args.seed)
+        weights_path = str(Path(tempfile.mkdtemp()) / "model_final.pkl")
+        with open(weights_path, "wb") as f:
+            pickle.dump({"model": {k: v.numpy() for k, v in d2_model.state_dict().items()},
+                         "__author__": "parity check"}, f)
+
+    expected = d2_model(d2_input)[0]["instances"]
+    cfg = load_config(DEFAULTS, args.config, [], open_keys=OPEN_KEYS)
+    ours, _ = import_detectron2(weights_path, cfg)
+    got = ours([torch.from_numpy(rgb / 255.0).permute(2, 0, 1).float()])[0]
+
+    n_d2, n_ours = len(expected), len(got["boxes"])
+    print(f"image {args.image} at {new_w}x{new_h}; detectron2 kept {n_d2}, ours {n_ours}")
+    n = min(n_d2, n_ours)
+    box_diff = (expected.pred_boxes.tensor[:n] - got["boxes"][:n]).abs().max().item() if n else 0.0
+    score_diff = (expected.scores[:n] - got["scores"][:n]).abs().max().item() if n else 0.0
+    labels_equal = bool(torch.equal(expected.pred_classes[:n] + 1, got["labels"][:n]))
+    print(f"max |box diff| {box_diff:.2e} px, max |score diff| {score_diff:.2e}, labels equal: {labels_equal}, "
+          f"top scores {expected.scores[:3].tolist()}")
+
+
+if __name__ == "__main__":
+    main()
