@@ -207,3 +207,35 @@ def test_a_detectron2_checkpoint_loads_and_reproduces_the_known_detector(tmp_pat
         import_detectron2(str(files["pth"]), cfg)
     with pytest.raises(UserError, match="these are detectron2 weights, not timm; use --from detectron2"):
         backbones.read_weights(files["pkl"], expect="timm")
+
+
+def assert_same_logits(reference: nn.Module, path, arch: str, size: int) -> None:
+    weights = backbones.read_weights(path, expect="timm")
+    ours = backbones.build_model(weights.arch or backbones.guess_arch(weights.state_dict)).eval()
+    backbones.load_weights(ours, weights, arch=arch)
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference.eval()(x), rtol=1e-4, atol=1e-5)
+
+
+def test_timm_resnet_from_a_hub_style_safetensors_file(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    reference = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path / "model.safetensors"
+    save_file(reference.state_dict(), str(path), metadata={"format": "pt"})  # as timm's hub files
+    assert_same_logits(reference, path, "resnet18", 64)
+    torch.save(timm.create_model("resnet50d", pretrained=False).state_dict(), tmp_path / "r50d.pth")
+    with pytest.raises(UserError, match="r50d.pth: a timm ResNet with a deep stem"):
+        backbones.read_weights(tmp_path / "r50d.pth")
+
+
+@pytest.mark.slow
+def test_timm_vgg16_whose_fc6_fc7_are_convolutions(tmp_path):
+    timm = pytest.importorskip("timm")
+
+    reference = timm.create_model("vgg16", pretrained=False)
+    torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
+    assert backbones.read_weights(tmp_path / "pytorch_model.bin").format == "timm"
+    assert_same_logits(reference, tmp_path / "pytorch_model.bin", "vgg16", 224)
