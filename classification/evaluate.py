@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import backbones
+from backbones.weights import check_options
 from engine.distributed import all_reduce_sum, is_main_process
 from engine.errors import UserError
 
@@ -56,6 +57,16 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, mode: s
     return {"error": 100 * top1 / count, "top5_error": 100 * top5 / count, "count": int(count)}
 
 
+def check_classifier_weights(weights: backbones.WeightFile, options: dict) -> None:
+    """Weights for the classification pipeline: built with the options they record, and trained on the
+    ImageNet-normalised RGB input that our classification transforms feed."""
+    check_options(weights, options)
+    if weights.input_format:
+        raise UserError(f"{weights.source}: these weights expect {weights.input_format['channel_order']} input with "
+                        f"mean {weights.input_format['pixel_mean']} (0..255 pixels); classification feeds ImageNet-"
+                        "normalised RGB. Use them as a detector backbone (train_det.py sets the input format)")
+
+
 def load_classifier(weights_path: str, arch: str | None = None, options: dict | None = None) -> tuple[nn.Module, str]:
     """A registry classifier with the weights of `weights_path` (ours or torchvision's); the architecture
     and options come from the file where it records them, the class count from its last layer."""
@@ -63,11 +74,8 @@ def load_classifier(weights_path: str, arch: str | None = None, options: dict | 
     arch = arch or weights.arch or backbones.guess_arch(weights.state_dict)
     if arch is None:
         raise UserError(f"{weights_path}: cannot tell the architecture; give --arch")
-    if weights.input_format:
-        raise UserError(f"{weights_path}: these weights expect {weights.input_format['channel_order']} input with "
-                        f"mean {weights.input_format['pixel_mean']} (0..255 pixels); eval_cls feeds ImageNet-"
-                        "normalised RGB. Use them as a detector backbone (train_det.py sets the input format)")
     options = {**weights.options, **(options or {})}
+    check_classifier_weights(weights, options)
     head = weights.state_dict.get("fc.weight", weights.state_dict.get("classifier.6.weight"))
     if head is None:
         raise UserError(f"{weights_path}: no classifier layer (fc / classifier.6) in the weights")

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import backbones
 from classification.data import CIFAR10, ImageFolder, SyntheticImages, collate_skip_bad
-from classification.evaluate import evaluate
+from classification.evaluate import check_classifier_weights, evaluate
 from classification.transforms import (
     CIFAR_MEAN,
     CIFAR_STD,
@@ -152,6 +152,7 @@ def train_classifier(cfg: DictConfig, output_dir: str | os.PathLike, resume: boo
     model = backbones.build_model(cfg.model.arch, num_classes, **to_dict(cfg.model.options))
     if cfg.model.weights:
         weights = backbones.read_weights(cfg.model.weights)
+        check_classifier_weights(weights, to_dict(cfg.model.options))
         head = backbones.features.model_head_prefixes(model)
         head_fits = all(weights.state_dict.get(k) is not None and weights.state_dict[k].shape == v.shape
                         for k, v in model.state_dict().items() if k.startswith(head))

@@ -239,3 +239,13 @@ def test_timm_vgg16_whose_fc6_fc7_are_convolutions(tmp_path):
     torch.save(reference.state_dict(), tmp_path / "pytorch_model.bin")
     assert backbones.read_weights(tmp_path / "pytorch_model.bin").format == "timm"
     assert_same_logits(reference, tmp_path / "pytorch_model.bin", "vgg16", 224)
+
+
+def test_classification_refuses_weights_made_for_another_input_convention(msra_file):
+    from classification.evaluate import check_classifier_weights
+
+    weights = backbones.read_weights(msra_file[1])
+    with pytest.raises(UserError, match="trained with stride_in_1x1=true"):
+        check_classifier_weights(weights, {})
+    with pytest.raises(UserError, match="R-50.pkl: these weights expect BGR input"):
+        check_classifier_weights(weights, {"stride_in_1x1": True})
