@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,9 +33,10 @@ class FrozenBatchNorm2d(nn.Module):
                                       unexpected_keys, error_msgs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Inference uses the fused eval-mode kernel, as detectron2 does: imported detectors then give its
-        # detections to the last bit. With gradients, the same map written out as a scale and a shift.
-        if not x.requires_grad:
+        # Eager inference uses the fused eval-mode kernel, as detectron2 does: imported detectors then give its
+        # detections to the last bit. With gradients, and when exporting (its decomposition cannot take a
+        # batch of data-dependent size, as the RoIs), the same map written out as a scale and a shift.
+        if not x.requires_grad and not torch.compiler.is_compiling():
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
@@ -83,3 +86,23 @@ class ZeroPadShortcut(nn.Module):
 
     def extra_repr(self) -> str:
         return f"extra_channels={self.extra}, stride={self.stride}"
+
+
+@torch.no_grad()
+def calibrate_frozen_batchnorm(model: nn.Module, run: Callable[[], object],
+                               bn_types: tuple[type[nn.Module], ...] = (FrozenBatchNorm2d,)) -> None:
+    """Set every `FrozenBatchNorm2d` of `model` to normalise what it sees during `run()` (one forward pass):
+    its running mean and variance become its input's per-channel statistics (a data-dependent start, as
+    precise BN on one batch; used to make randomly initialised models well-conditioned for parity checks).
+    `bn_types`: the frozen-BN classes to calibrate (another library's, with the same buffers, too)."""
+
+    def set_statistics(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        module.running_mean.copy_(inputs[0].mean(dim=(0, 2, 3)))
+        module.running_var.copy_(inputs[0].var(dim=(0, 2, 3)) + 1e-3)
+
+    handles = [m.register_forward_pre_hook(set_statistics) for m in model.modules() if isinstance(m, bn_types)]
+    try:
+        run()
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -8,11 +8,12 @@ its compiled extension); nothing of detectron2 is part of this project:
         --config configs/detection/detectron2_R50_C4.yaml --image photo.jpg [--weights model_final.pkl]
 
 Without `--weights` (no network here) the detectron2 model gets seeded random weights made realistic: each
-frozen BN is calibrated to normalise its input on the image (like precise BN on one image), the heads get
-spread-out scores. The weights are written as a detectron2 model-zoo `.pkl`, imported with
-`detection.weights.import_detectron2` and both detectors run on the image resized (as detectron2's
-`ResizeShortestEdge` does, with PIL) to the test size, so that no resampling difference enters. Prints the
-largest box and score differences over the kept detections.
+frozen BN gets a random affine map and is calibrated to normalise its input on the image
+(`backbones.layers.calibrate_frozen_batchnorm`), the box predictor gets spread-out scores. The weights are
+written as a detectron2 model-zoo `.pkl`, imported with `detection.weights.import_detectron2`, and both
+detectors run on the image resized (as detectron2's `ResizeShortestEdge` does, with PIL) to the test size,
+so that no resampling difference enters. Prints the largest box and score differences over the kept
+detections.
 """
 
 from __future__ import annotations
@@ -26,29 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from backbones.layers import calibrate_frozen_batchnorm
 from detection.train import DEFAULTS, OPEN_KEYS
 from detection.weights import import_detectron2
 from engine.config import load_config
-
-
-def calibrate_frozen_bn(model: torch.nn.Module, run: callable, seed: int) -> None:
-    """Give every frozen BN the statistics of its input on one forward pass and a random affine map."""
-    g = torch.Generator().manual_seed(seed)
-    handles = []
-
-    def set_stats(module, inputs):
-        x = inputs[0]
-        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
-        module.running_var.copy_(x.var(dim=(0, 2, 3)) + 1e-3)
-        module.weight.copy_(torch.rand(module.num_features, generator=g) * 0.5 + 0.5)
-        module.bias.copy_(torch.randn(module.num_features, generator=g) * 0.1)
-
-    for module in model.modules():
-        if type(module).__name__ == "FrozenBatchNorm2d":
-            handles.append(module.register_forward_pre_hook(set_stats))
-    run()
-    for h in handles:
-        h.remove()
 
 
 def main() -> None:
@@ -62,6 +44,7 @@ def main() -> None:
 
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
+    from detectron2.layers import FrozenBatchNorm2d
     from detectron2.modeling import build_model
 
     torch.set_grad_enabled(False)
@@ -90,7 +73,11 @@ def main() -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
             elif "box_predictor.bbox_pred.weight" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.005)
-        calibrate_frozen_bn(d2_model, lambda: d2_model(d2_input), args.seed)
+        for module in d2_model.modules():
+            if isinstance(module, FrozenBatchNorm2d):
+                module.weight.copy_(torch.rand(module.num_features, generator=g) * 0.5 + 0.5)
+                module.bias.copy_(torch.randn(module.num_features, generator=g) * 0.1)
+        calibrate_frozen_batchnorm(d2_model, lambda: d2_model(d2_input), bn_types=(FrozenBatchNorm2d,))
         weights_path = str(Path(tempfile.mkdtemp()) / "model_final.pkl")
         with open(weights_path, "wb") as f:
             pickle.dump({"model": {k: v.numpy() for k, v in d2_model.state_dict().items()},

@@ -37,10 +37,14 @@ class AnchorGenerator(nn.Module):
         """All anchors (H * W * A, 4) for a (B, C, H, W) feature map; the same for every image."""
         h, w = feature.shape[-2:]
         key = (h, w, feature.device)
-        if key not in self._cache:
-            ys = torch.arange(h, device=feature.device, dtype=torch.float32) * self.stride
-            xs = torch.arange(w, device=feature.device, dtype=torch.float32) * self.stride
-            yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-            shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
-            self._cache = {key: (shifts + self.cell_anchors.to(feature.device)).reshape(-1, 4)}
-        return self._cache[key]
+        exporting = torch.compiler.is_compiling()  # symbolic sizes: compute in the graph, cache nothing
+        if not exporting and key in self._cache:
+            return self._cache[key]
+        ys = torch.arange(h, device=feature.device, dtype=torch.float32) * self.stride
+        xs = torch.arange(w, device=feature.device, dtype=torch.float32) * self.stride
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)
+        anchors = (shifts + self.cell_anchors.to(feature.device)).reshape(-1, 4)
+        if not exporting:
+            self._cache = {key: anchors}
+        return anchors

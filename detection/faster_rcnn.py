@@ -38,7 +38,7 @@ class FasterRCNN(nn.Module):
             if targets is None:
                 raise ValueError("targets are required in training mode")
             targets = self._drop_degenerate(targets)
-        original_sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]  # no int(): symbolic when exporting
         image_list, targets = self.transform(images, targets)
         feature = self.backbone(image_list.tensors)[self.feature_name]
         proposals, rpn_losses = self.rpn(image_list, feature, targets)
@@ -46,3 +46,19 @@ class FasterRCNN(nn.Module):
         if self.training:
             return {**rpn_losses, **roi_losses}
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+
+
+class SingleImageDetector(nn.Module):
+    """One image in, three tensors out: the detector in the shape that ONNX / torch.export deployment wants.
+
+    Input: a float RGB image (3, H, W) in 0..1 of any size; output: boxes (N, 4) xyxy in its pixels, scores (N,),
+    labels (N,) (1..K; 0 is background). Resizing and normalisation happen inside, as in `FasterRCNN`.
+    """
+
+    def __init__(self, detector: FasterRCNN) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        result = self.detector([image])[0]
+        return result["boxes"], result["scores"], result["labels"]

@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, box_iou, roi_align, roi_pool
+from torchvision.ops import box_iou, roi_align, roi_pool
 
 from detection.box_coder import BoxCoder
 from detection.matcher import Matcher
+from detection.ops import grouped_nms
 from detection.sampler import sample_labels
 
 
@@ -136,13 +137,13 @@ class RoIHeads(nn.Module):
         probs = F.softmax(class_logits.float(), dim=1)[:, 1:]
         boxes = self.box_coder.decode(box_deltas.float(), torch.cat(proposals)).view(-1, self.num_classes, 4)
         results = []
-        for (h, w), p, b in zip(image_sizes, probs.split([len(x) for x in proposals]),
-                                boxes.split([len(x) for x in proposals]), strict=True):
+        counts = [x.shape[0] for x in proposals]  # sizes, not len(): symbolic when exporting
+        for (h, w), p, b in zip(image_sizes, probs.split(counts), boxes.split(counts), strict=True):
             b = torch.stack([b[..., 0].clamp(0, w), b[..., 1].clamp(0, h), b[..., 2].clamp(0, w),
                              b[..., 3].clamp(0, h)], dim=-1)
             labels = torch.arange(1, self.num_classes + 1, device=p.device).expand_as(p)
             keep = (p > self.score_thresh) & (b[..., 2] > b[..., 0]) & (b[..., 3] > b[..., 1])
             b, p, labels = b[keep], p[keep], labels[keep]
-            kept = batched_nms(b, p, labels, self.nms_thresh)[: self.detections_per_image]
+            kept = grouped_nms(b, p, labels, self.nms_thresh, max(h, w))[: self.detections_per_image]
             results.append({"boxes": b[kept], "scores": p[kept], "labels": labels[kept]})
         return results

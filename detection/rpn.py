@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms, box_iou, remove_small_boxes
+from torchvision.ops import box_iou, remove_small_boxes
 
 from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
 from detection.matcher import Matcher
+from detection.ops import grouped_nms
 from detection.sampler import sample_labels
 from detection.structures import ImageList
 
@@ -93,7 +94,8 @@ class RegionProposalNetwork(nn.Module):
             (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]), as_tuple=True)[0]
         keep = keep[torch.isfinite(scores[keep])]
         boxes, scores, image_idx = boxes[keep], scores[keep], image_idx[keep]
-        keep = batched_nms(boxes, scores, image_idx, self.nms_thresh)  # sorted by decreasing score
+        bound = max(max(size) for size in image_sizes)
+        keep = grouped_nms(boxes, scores, image_idx, self.nms_thresh, bound)  # sorted by decreasing score
         return [boxes[keep[image_idx[keep] == i][:post]] for i in range(b)]
 
     def losses(self, anchors: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor,

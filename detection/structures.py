@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass
@@ -21,12 +22,10 @@ class ImageList:
     @classmethod
     def from_tensors(cls, images: list[torch.Tensor], size_divisibility: int = 0) -> ImageList:
         """Pad to the largest height and width (rounded up to a multiple of `size_divisibility`)."""
-        sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
+        sizes = [(im.shape[-2], im.shape[-1]) for im in images]  # no int(): symbolic when exporting
         max_h, max_w = max(s[0] for s in sizes), max(s[1] for s in sizes)
-        if size_divisibility > 1:
-            max_h = -(-max_h // size_divisibility) * size_divisibility
-            max_w = -(-max_w // size_divisibility) * size_divisibility
-        batch = images[0].new_zeros(len(images), images[0].shape[0], max_h, max_w)
-        for im, pad in zip(images, batch, strict=True):
-            pad[:, : im.shape[-2], : im.shape[-1]].copy_(im)
+        if size_divisibility > 1:  # rounded up without flooring negative numbers, which ONNX gets wrong
+            max_h = (max_h + size_divisibility - 1) // size_divisibility * size_divisibility
+            max_w = (max_w + size_divisibility - 1) // size_divisibility * size_divisibility
+        batch = torch.stack([F.pad(im, (0, max_w - im.shape[-1], 0, max_h - im.shape[-2])) for im in images])
         return cls(batch, sizes)

@@ -14,9 +14,11 @@ from detection.structures import ImageList
 
 
 def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
-    """Shorter side to `min_size` unless that makes the longer side exceed `max_size` (Faster R-CNN)."""
-    scale = min(min_size / min(height, width), max_size / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
+    """Shorter side to `min_size` unless that makes the longer side exceed `max_size` (Faster R-CNN), rounded
+    as detectron2 does. `torch.sym_min`/`sym_max` are `min`/`max` on numbers and stay symbolic (no branch
+    taken) when the sizes are, so that an exported detector resizes every image shape correctly."""
+    scale = torch.sym_min(min_size / torch.sym_min(height, width), max_size / torch.sym_max(height, width))
+    return torch.sym_max(1, torch.sym_int(height * scale + 0.5)), torch.sym_max(1, torch.sym_int(width * scale + 0.5))
 
 
 class DetectionTransform(nn.Module):

@@ -1,0 +1,67 @@
+"""Deployment formats: ONNX (PyTorch's torch.export-based exporter; checked with onnxruntime) and TorchScript
+(a trace). A model to export takes tensors and returns a tensor or a tuple of them."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.errors import UserError
+
+FORMATS = ("onnx", "torchscript")
+
+
+def export_model(model: nn.Module, example: tuple[torch.Tensor, ...], path: str | os.PathLike, fmt: str, *,
+                 dynamic_shapes: tuple[dict[int, Any], ...], input_names: Sequence[str],
+                 output_names: Sequence[str]) -> Path:
+    """Write `model` (eval mode) to `path` in `fmt` (one of `FORMATS`), atomically. `dynamic_shapes` gives, per
+    input, the `torch.export.Dim` of each dimension that may change size (TorchScript traces are size-generic
+    only where the model has no size-dependent Python logic, as in the classifiers)."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    tmp = path.with_name(path.name + ".tmp")
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' deprecation and tracer chatter
+        if fmt == "onnx":
+            program = torch.onnx.export(model, example, dynamo=True, dynamic_shapes=dynamic_shapes,
+                                        input_names=list(input_names), output_names=list(output_names),
+                                        verbose=False)
+            program.save(str(tmp))
+        else:
+            torch.jit.trace(model, example, check_trace=False).save(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def onnx_max_differences(path: str | os.PathLike, model: nn.Module, inputs: Sequence[tuple[torch.Tensor, ...]],
+                         input_names: Sequence[str]) -> list[dict[str, float]]:
+    """Run the ONNX file with onnxruntime and `model` with PyTorch on each input tuple: per input, the largest
+    absolute difference of every output (`inf` where the output shapes differ, e.g. another detection count),
+    and `count`, the length of the first output (logits rows, detections)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    report = []
+    for args in inputs:
+        with torch.no_grad():
+            expected = model.eval()(*args)
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args, strict=True)})
+        row = {"count": float(len(expected[0]))}
+        for name, want, have in zip(names, expected, got, strict=True):
+            have = torch.from_numpy(have)
+            same = want.shape == have.shape
+            row[name] = (want.double() - have.double()).abs().max().item() if same and want.numel() else (
+                0.0 if same else float("inf"))
+        report.append(row)
+    return report

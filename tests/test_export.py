@@ -1,0 +1,112 @@
+"""Deployment: classifiers and the detector exported to ONNX (checked with onnxruntime, an independent
+runtime), TorchScript and torch.export programs, at input sizes other than the one exported with."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import backbones
+from backbones.layers import calibrate_frozen_batchnorm
+from backbones.weights import WeightFile, save_weights
+from detection.build import build_detector, detector_checkpoint
+from detection.train import DEFAULTS, OPEN_KEYS
+from engine.checkpoint import save_checkpoint
+from engine.cli import run_cli
+from engine.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import export  # noqa: E402
+
+onnxruntime = pytest.importorskip("onnxruntime")
+pytestmark = pytest.mark.slow  # each export traces the model: seconds, not milliseconds
+
+
+def run_onnx(path: Path, *inputs: torch.Tensor) -> list[np.ndarray]:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs, strict=True)})
+
+
+def test_classifier_to_onnx_and_torchscript_at_other_sizes(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = backbones.build_model("resnet18", 10, width=8).eval()
+    save_weights(WeightFile(model.state_dict(), "test", "resnet18", {"width": 8}), tmp_path / "r18.pth")
+    assert run_cli(export.main, ["--checkpoint", str(tmp_path / "r18.pth"), "--output", str(tmp_path / "r18.onnx"),
+                                 "--size", "64", "64"]) == 0
+    assert "onnxruntime vs PyTorch on (3, 3, 96, 128)" in capsys.readouterr().out
+    x = torch.randn(5, 3, 80, 48)
+    with torch.no_grad():
+        expected = model(x)
+    np.testing.assert_allclose(run_onnx(tmp_path / "r18.onnx", x)[0], expected.numpy(), rtol=1e-4, atol=1e-4)
+    assert run_cli(export.main, ["--checkpoint", str(tmp_path / "r18.pth"), "--output", str(tmp_path / "r18.ts"),
+                                 "--format", "torchscript", "--size", "64", "64"]) == 0
+    torch.testing.assert_close(torch.jit.load(tmp_path / "r18.ts")(x), expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def detector_file(tmp_path_factory):
+    cfg = load_config(DEFAULTS, ROOT / "configs" / "demo" / "shapes_resnet18_C4.yaml",
+                      ["model.backbone_options.width=8", "model.min_size=[96]", "model.max_size=160"],
+                      open_keys=OPEN_KEYS)
+    torch.manual_seed(0)
+    detector = build_detector(cfg, 3).eval()
+    with torch.no_grad():
+        detector.roi_heads.predictor.cls_score.weight.normal_(0, 0.3)
+        detector.roi_heads.predictor.bbox_pred.weight.normal_(0, 0.05)
+        image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0))
+        calibrate_frozen_batchnorm(detector, lambda: detector([image]))
+    path = tmp_path_factory.mktemp("det") / "model_final.pth"
+    save_checkpoint(detector_checkpoint(detector, cfg, ["a", "b", "c"]), path)
+    return detector, path
+
+
+def test_detector_to_onnx_gives_the_same_detections_at_other_sizes(tmp_path, detector_file, capsys):
+    detector, path = detector_file
+    out = tmp_path / "det.onnx"
+    assert run_cli(export.main, ["--checkpoint", str(path), "--output", str(out)]) == 0
+    assert "onnxruntime vs PyTorch on (3, 72, 120)" in capsys.readouterr().out  # the tool's own check
+    image = torch.rand(3, 150, 110, generator=torch.Generator().manual_seed(2))  # resized inside to 96 x 70
+    with torch.no_grad():
+        expected = detector([image])[0]
+    assert len(expected["boxes"]) > 10
+    boxes, scores, labels = run_onnx(out, image)
+    np.testing.assert_array_equal(labels, expected["labels"].numpy())
+    np.testing.assert_allclose(scores, expected["scores"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(boxes, expected["boxes"].numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(500, 90), (60, 700)])
+def test_detector_onnx_follows_the_resize_rule_at_every_shape(tmp_path_factory, detector_file, shape):
+    """Tall and wide images take the max-size branch of the resize rule (the example took the min-size one):
+    the exported graph computes sizes for each input, it did not freeze the example's."""
+    detector, path = detector_file
+    out = tmp_path_factory.getbasetemp() / "det_shapes.onnx"
+    if not out.exists():
+        assert run_cli(export.main, ["--checkpoint", str(path), "--output", str(out), "--no-check"]) == 0
+    image = torch.rand(3, *shape, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = detector([image])[0]
+    boxes, scores, labels = run_onnx(out, image)
+    assert len(boxes) == len(expected["boxes"]) > 0
+    np.testing.assert_array_equal(labels, expected["labels"].numpy())
+    np.testing.assert_allclose(scores, expected["scores"].numpy(), atol=1e-4)
+    np.testing.assert_allclose(boxes, expected["boxes"].numpy(), atol=1e-3)
+
+
+def test_detector_onnx_with_no_detections(tmp_path, detector_file):
+    checkpoint = torch.load(detector_file[1], weights_only=True)
+    checkpoint["config"]["model"]["roi"]["score_thresh"] = 1.0  # no probability exceeds it
+    save_checkpoint(checkpoint, tmp_path / "strict.pth")
+    out = tmp_path / "x.onnx"
+    assert run_cli(export.main, ["--checkpoint", str(tmp_path / "strict.pth"), "--output", str(out)]) == 0
+    boxes, scores, labels = run_onnx(out, torch.rand(3, 90, 120))
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)
+
+
+def test_detectors_are_not_traced_to_torchscript(tmp_path, detector_file, capsys):
+    assert run_cli(export.main, ["--checkpoint", str(detector_file[1]), "--output", str(tmp_path / "x.ts"),
+                                 "--format", "torchscript"]) == 2
+    assert "detectors export to onnx" in capsys.readouterr().err

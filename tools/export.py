@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Export a classifier or a Faster R-CNN detector to ONNX (or a classifier to TorchScript).
+
+    python tools/export.py --checkpoint runs/r50/model_final.pth --format onnx --output r50.onnx
+    python tools/export.py --checkpoint runs/det/model_final.pth --format onnx --output det.onnx --size 600 800
+
+Classifiers take a (N, 3, H, W) ImageNet-normalised RGB batch of any size and return logits. Detectors take
+one (3, H, W) RGB image in 0..1 of any size and return boxes (N, 4, in its pixels), scores and labels (1..K);
+resizing and normalisation are inside. ONNX files are checked with onnxruntime against PyTorch on a random
+input of `--size` and one of another shape (logits within 1e-4; the same detections, scores within 1e-4 and
+boxes within 1e-3 px). TorchScript is for classifiers: a trace of the detector would freeze its
+image-size logic, which the ONNX export keeps symbolic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from classification.evaluate import load_classifier
+from detection.build import load_detector
+from detection.faster_rcnn import SingleImageDetector
+from engine.checkpoint import load_checkpoint
+from engine.cli import run_cli
+from engine.config import parse_key_values
+from engine.errors import UserError
+from engine.export import FORMATS, export_model, onnx_max_differences
+from engine.images import load_rgb
+
+TOLERANCE = {"logits": 1e-4, "scores": 1e-4, "boxes": 1e-3, "labels": 0.0}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--checkpoint", required=True, help="model_final.pth of train_cls/train_det, or weights")
+    parser.add_argument("--format", choices=FORMATS, default="onnx")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example input size "
+                        "(default 224 224 for classifiers, the test size for detectors)")
+    parser.add_argument("--arch", help="classifier weights that do not record their architecture")
+    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                        help="classifier builder option the weights do not record (e.g. width=32)")
+    parser.add_argument("--image", help="detectors: check on this image (and a resized copy) instead of noise")
+    parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_grad_enabled(False)
+    height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
+    detector_file = args.checkpoint.endswith((".pth", ".pt")) and load_checkpoint(args.checkpoint).get("kind")
+    if detector_file == "faster_rcnn":
+        if args.format == "torchscript":
+            raise UserError(f"{args.checkpoint}: detectors export to onnx (a TorchScript trace would freeze the "
+                            "image size)")
+        detector, cfg, class_names = load_detector(args.checkpoint)
+        model = SingleImageDetector(detector).eval()
+        size = args.size or [cfg["model"]["test_min_size"] or cfg["model"]["min_size"][-1]] * 2
+        if args.image:
+            image = torch.from_numpy(np.array(load_rgb(args.image))).permute(2, 0, 1).float() / 255
+            size = list(image.shape[1:])
+        else:
+            image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
+        example = (image,)
+        other = (F.interpolate(image[None], size=(size[0] * 3 // 4, size[1] * 5 // 4), mode="bilinear")[0],)
+        names, outputs = ["image"], ["boxes", "scores", "labels"]
+        shapes = ({1: height, 2: width},)
+        what = f"Faster R-CNN {cfg['model']['backbone']} ({len(class_names)} classes)"
+    else:
+        model, arch = load_classifier(args.checkpoint, args.arch, parse_key_values(args.option))
+        size = args.size or [224, 224]
+        example = (torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0)),)
+        other = (torch.randn(3, 3, size[0] + 32, size[1] - 32 if size[1] > 64 else size[1] + 64,
+                             generator=torch.Generator().manual_seed(1)),)
+        names, outputs = ["images"], ["logits"]
+        shapes = ({0: torch.export.Dim("batch", min=1, max=1024), 2: height, 3: width},)
+        what = arch
+    path = export_model(model, example, args.output, args.format, dynamic_shapes=shapes, input_names=names,
+                        output_names=outputs)
+    print(f"{what} -> {path} ({args.format})")
+    if args.format == "onnx" and not args.no_check:
+        for inputs, diffs in zip((example, other), onnx_max_differences(path, model, [example, other], names),
+                                 strict=True):
+            shown = ", ".join(f"{k} {v:.1e}" for k, v in diffs.items() if k != "count")
+            print(f"onnxruntime vs PyTorch on {tuple(inputs[0].shape)}: {int(diffs.pop('count'))} outputs in the "
+                  f"first tensor; max |difference| {shown}")
+            bad = [k for k, v in diffs.items() if not v <= TOLERANCE[k]]
+            if bad:
+                raise UserError(f"{path}: onnxruntime disagrees with PyTorch on {', '.join(bad)} beyond "
+                                f"{', '.join(str(TOLERANCE[k]) for k in bad)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
