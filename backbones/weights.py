@@ -158,8 +158,9 @@ def read_weights(path: str | os.PathLike, expect: str | None = None) -> WeightFi
     """
     path = os.fspath(path)
     weights = _read_any(path)
-    same_keys = {"ours", "torchvision", "timm"}  # timm's ResNets and our files use torchvision's keys
-    if expect and expect != weights.format and not (weights.format != "timm" and {expect, weights.format} <= same_keys):
+    # torchvision's keys are one layout, whoever wrote them: torchvision, timm (its ResNets) or us
+    same_layout = weights.format in ("ours", "torchvision") and expect in ("ours", "torchvision", "timm")
+    if expect and expect != weights.format and not same_layout:
         raise UserError(f"{path}: these are {weights.format} weights, not {expect}; use --from {weights.format}")
     return weights
 
@@ -259,8 +260,9 @@ def detectron2_weights(state: StateDict, source: str) -> WeightFile:
         else:
             raise UserError(f"{source}: unexpected key {key!r} for a detectron2 ResNet / Faster R-CNN C4 "
                             "(FPN and other heads have no counterpart here)")
-    # detectron2's defaults (RESNETS.STRIDE_IN_1X1, INPUT.FORMAT, PIXEL_MEAN/STD): the MSRA convention
-    options, input_format = {"stride_in_1x1": True}, dict(MSRA_INPUT)
+    # detectron2's defaults (RESNETS.STRIDE_IN_1X1 for bottleneck blocks, INPUT.FORMAT, PIXEL_MEAN/STD): MSRA's
+    options = {"stride_in_1x1": True} if "layer1.0.conv3.weight" in resnet else {}
+    input_format = dict(MSRA_INPUT)
     if "pixel_mean" in state:  # older detectron2 files store them; the order is blue-first when mean[0] < mean[2]
         mean, std = (state[k].flatten().tolist() for k in ("pixel_mean", "pixel_std"))
         input_format = {"pixel_mean": mean, "pixel_std": std, "channel_order": "BGR" if mean[0] < mean[2] else "RGB"}
@@ -345,6 +347,8 @@ def load_weights(model: nn.Module, weights: WeightFile | StateDict, *, arch: str
                     f"{len(unexpected)} unexpected keys ({_preview(unexpected)})" if unexpected else "",
                     f"{len(wrong_shape)} shape mismatches (file vs model: {_preview(wrong_shape)})"
                     if wrong_shape else ""]
-        raise UserError(f"{weights.source}: weights of {looks_like} do not fit {arch}: "
+        hint = f" (for these weights use --arch {looks_like})" if looks_like not in (arch, "an unknown architecture") \
+            else ""
+        raise UserError(f"{weights.source}: weights of {looks_like} do not fit {arch}{hint}: "
                         + "; ".join(p for p in problems if p))
     model.load_state_dict(given, strict=False)

@@ -144,6 +144,6 @@ class RoIHeads(nn.Module):
             labels = torch.arange(1, self.num_classes + 1, device=p.device).expand_as(p)
             keep = (p > self.score_thresh) & (b[..., 2] > b[..., 0]) & (b[..., 3] > b[..., 1])
             b, p, labels = b[keep], p[keep], labels[keep]
-            kept = grouped_nms(b, p, labels, self.nms_thresh, max(h, w))[: self.detections_per_image]
+            kept = grouped_nms(b, p, labels, self.nms_thresh, torch.sym_max(h, w))[: self.detections_per_image]
             results.append({"boxes": b[kept], "scores": p[kept], "labels": labels[kept]})
         return results

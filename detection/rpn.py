@@ -94,8 +94,7 @@ class RegionProposalNetwork(nn.Module):
             (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]), as_tuple=True)[0]
         keep = keep[torch.isfinite(scores[keep])]
         boxes, scores, image_idx = boxes[keep], scores[keep], image_idx[keep]
-        bound = max(max(size) for size in image_sizes)
-        keep = grouped_nms(boxes, scores, image_idx, self.nms_thresh, bound)  # sorted by decreasing score
+        keep = grouped_nms(boxes, scores, image_idx, self.nms_thresh, limits.max())  # by decreasing score
         return [boxes[keep[image_idx[keep] == i][:post]] for i in range(b)]
 
     def losses(self, anchors: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor,

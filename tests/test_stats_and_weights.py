@@ -91,7 +91,7 @@ def test_backbone_from_a_classification_checkpoint_drops_the_classifier(tmp_path
     torch.save({"arch": "resnet18", "options": {"width": 8}, "state_dict": model.state_dict()}, path)
     backbone = backbones.build_backbone("resnet18", ["res4"], weights=path, width=8)
     assert torch.equal(backbone.stages["res3"][0].conv1.weight, model.layer2[0].conv1.weight)
-    with pytest.raises(UserError, match="weights of resnet18 do not fit resnet34"):
+    with pytest.raises(UserError, match=r"of resnet18 do not fit resnet34 \(for these weights use --arch resnet18\)"):
         backbones.build_backbone("resnet34", weights=path, width=8)
 
 

@@ -1,7 +1,9 @@
-"""Weights from elsewhere: MSRA / Caffe2 model-zoo ResNet pickles, read safely."""
+"""Weights from elsewhere: MSRA / Caffe2 pickles, detectron2 checkpoints, timm and torchvision files, read safely."""
 
 import copy
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,8 +12,11 @@ from torch import nn
 
 import backbones
 from detection.build import MODEL_DEFAULTS, build_detector
+from engine.cli import run_cli
 from engine.errors import UserError
 from tests.helpers import write_poisoned_pickle
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 EPS = 1e-5
 
@@ -102,15 +107,8 @@ def test_a_poisoned_model_zoo_pickle_is_refused_without_running_it(tmp_path):
 
 
 def test_convert_weights_round_trips_torchvision_and_msra(tmp_path, msra_file, capsys):
-    import sys
-    from pathlib import Path
-
-    import torchvision
-
-    from engine.cli import run_cli
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import convert_weights
+    import torchvision
 
     reference = torchvision.models.resnet18()
     src = tmp_path / "tv.pth"
@@ -156,14 +154,16 @@ def detectron2_state_dict(detector: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+TINY_DETECTRON2 = ["model.backbone_options.width=8", "model.min_size=[64]", "model.test_min_size=64",
+                   "model.max_size=128"]
+
+
 @pytest.fixture
 def detectron2_detector():
     from detection.train import DEFAULTS, OPEN_KEYS
     from engine.config import load_config
 
-    cfg = load_config(DEFAULTS, "configs/detection/detectron2_R50_C4.yaml",
-                      ["model.backbone_options.width=8", "model.min_size=[64]", "model.test_min_size=64",
-                       "model.max_size=128"], open_keys=OPEN_KEYS)
+    cfg = load_config(DEFAULTS, "configs/detection/detectron2_R50_C4.yaml", TINY_DETECTRON2, open_keys=OPEN_KEYS)
     torch.manual_seed(0)
     detector = build_detector(cfg, 3).eval()
     with torch.no_grad():
@@ -198,6 +198,19 @@ def test_a_detectron2_checkpoint_loads_and_reproduces_the_known_detector(tmp_pat
         for key in ("boxes", "scores", "labels"):
             torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5)
         assert checkpoint["class_names"] == ["a", "b", "c"] and checkpoint["config"]["model"]["weights"] is None
+
+    import convert_weights
+
+    from detection.build import load_detector
+
+    dst = tmp_path / "imported.pth"
+    assert run_cli(convert_weights.main, ["--from", "detectron2", "--src", str(files["pkl"]), "--dst", str(dst),
+                                          "--config", "configs/detection/detectron2_R50_C4.yaml",
+                                          "--class-names", "a,b,c", *TINY_DETECTRON2]) == 0
+    model, _, names = load_detector(dst)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()([image])[0]["boxes"], expected["boxes"], rtol=0, atol=1e-5)
+    assert names == ["a", "b", "c"]
 
     wrong = copy.deepcopy(cfg)
     wrong.model.anchor_sizes = [32, 64, 128]
