@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Sequence
@@ -32,6 +33,9 @@ def export_model(model: nn.Module, example: tuple[torch.Tensor, ...], path: str 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer chatter
         if fmt == "onnx":
+            if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
+                raise UserError(f"ONNX export needs torch >= 2.5 (its torch.export-based exporter); this is "
+                                f"{torch.__version__}")
             program = torch.onnx.export(model, example, dynamo=True, dynamic_shapes=dynamic_shapes,
                                         input_names=list(input_names), output_names=list(output_names),
                                         verbose=False)

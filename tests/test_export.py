@@ -67,7 +67,7 @@ def test_detector_to_onnx_gives_the_same_detections_at_other_sizes(tmp_path, det
     detector, path = detector_file
     out = tmp_path / "det.onnx"
     assert run_cli(export.main, ["--checkpoint", str(path), "--output", str(out)]) == 0
-    assert "onnxruntime vs PyTorch on (3, 72, 120)" in capsys.readouterr().out  # the tool's own check
+    assert "onnxruntime vs PyTorch on (3, 72, 160)" in capsys.readouterr().out  # the tool's own check
     image = torch.rand(3, 150, 110, generator=torch.Generator().manual_seed(2))  # resized inside to 96 x 70
     with torch.no_grad():
         expected = detector([image])[0]

@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--output", required=True)
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example input size "
-                        "(default 224 224 for classifiers, the test size for detectors)")
+                        "(default 224 224 for classifiers; for detectors the test size by 4/3 of it)")
     parser.add_argument("--arch", help="classifier weights that do not record their architecture")
     parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                         help="classifier builder option the weights do not record (e.g. width=32)")
@@ -59,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "image size)")
         detector, cfg, class_names = load_detector(args.checkpoint)
         model = SingleImageDetector(detector).eval()
-        size = args.size or [cfg["model"]["test_min_size"] or cfg["model"]["min_size"][-1]] * 2
+        test_size = cfg["model"]["test_min_size"] or cfg["model"]["min_size"][-1]
+        size = args.size or [test_size, test_size * 4 // 3]  # not square: no coincidence for the export to see
         if args.image:
             image = torch.from_numpy(np.array(load_rgb(args.image))).permute(2, 0, 1).float() / 255
             size = list(image.shape[1:])
