@@ -193,3 +193,17 @@ def test_unknown_dataset_and_missing_folder(tmp_path):
         build_detection_dataset("kitti", tmp_path)
     with pytest.raises(UserError, match="nowhere: dataset folder not found"):
         build_detection_dataset("coco", Path(tmp_path) / "nowhere")
+
+
+def test_coco_test_dev_image_info_file_without_annotations(tmp_path):
+    """COCO test-dev ships `image_info_test-dev2017.json`: images and categories, no annotations."""
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "test2017").mkdir()  # where COCO keeps test-dev's images
+    Image.new("RGB", (40, 30)).save(tmp_path / "test2017" / "a.jpg")
+    info = {"images": [{"id": 7, "file_name": "a.jpg", "width": 40, "height": 30}],
+            "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "car"}]}
+    (tmp_path / "annotations" / "image_info_test-dev2017.json").write_text(json.dumps(info))
+    dataset = build_detection_dataset("coco", tmp_path, "test-dev2017")
+    assert len(dataset) == 1 and dataset.class_names == ["person", "car"]
+    image, target = dataset[0]
+    assert image.shape == (3, 30, 40) and target["boxes"].shape == (0, 4)

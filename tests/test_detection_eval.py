@@ -204,3 +204,49 @@ def test_eval_det_tool_on_a_vocdevkit(tmp_path, capsys):
     assert run_cli(eval_det.main, [*args, "--metric", "voc12"]) == 0
     assert json.loads((tmp_path / "m.json").read_text())["per_class"]["cat"] == pytest.approx(50.0)
     assert "mAP" in capsys.readouterr().out
+
+
+def test_eval_det_writes_submission_files_for_an_unannotated_test_split(tmp_path, capsys):
+    """VOC2012 test has no public annotations: --no-eval runs the detector and writes devkit files only."""
+    import torch
+    from PIL import Image
+
+    from backbones.layers import calibrate_frozen_batchnorm
+    from detection.build import MODEL_DEFAULTS, build_detector, detector_checkpoint
+    from detection.data.voc import VOC_CLASSES
+    from engine.checkpoint import save_checkpoint
+
+    base = tmp_path / "VOCdevkit" / "VOC2012"
+    for sub in ("ImageSets/Main", "JPEGImages"):
+        (base / sub).mkdir(parents=True)
+    (base / "ImageSets" / "Main" / "test.txt").write_text("2008_000001\n2008_000002\n")
+    rng = np.random.default_rng(0)
+    for name, (h, w) in (("2008_000001", (90, 120)), ("2008_000002", (100, 80))):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{name}.jpg")
+
+    cfg = {"model": {**MODEL_DEFAULTS, "backbone": "resnet18", "backbone_options": {"width": 8}, "min_size": [96],
+                     "max_size": 160}}
+    torch.manual_seed(0)
+    model = build_detector(cfg, len(VOC_CLASSES)).eval()
+    with torch.no_grad():
+        model.roi_heads.predictor.cls_score.weight.normal_(0, 0.3)
+        calibrate_frozen_batchnorm(model, lambda: model([torch.rand(3, 90, 120)]))
+    save_checkpoint(detector_checkpoint(model, cfg, list(VOC_CLASSES)), tmp_path / "det.pth")
+
+    out = tmp_path / "results" / "VOC2012" / "Main"
+    args = ["--checkpoint", str(tmp_path / "det.pth"), "--dataset", "voc07++12", "--data", str(tmp_path / "VOCdevkit"),
+            "--split", "test", "--workers", "0", "--batch-size", "1"]
+    assert run_cli(eval_det.main, args) == 2  # without --no-eval the missing annotations are an error
+    assert "Annotations/2008_000001.xml: annotation file not found" in capsys.readouterr().err
+    assert run_cli(eval_det.main, [*args, "--no-eval", "--output", str(out)]) == 0
+    files = sorted(out.glob("comp4_det_test_*.txt"))
+    assert len(files) == 20
+    lines = [line.split() for f in files for line in f.read_text().splitlines()]
+    image = np.asarray(Image.open(base / "JPEGImages" / "2008_000001.jpg"), dtype=np.float32) / 255
+    with torch.no_grad():
+        expected = model([torch.from_numpy(image).permute(2, 0, 1)])[0]
+    mine = sorted((float(s), [float(v) for v in box]) for name, s, *box in lines if name == "2008_000001")
+    assert len(mine) == len(expected["scores"]) > 0
+    best = int(expected["scores"].argmax())
+    np.testing.assert_allclose(mine[-1][1], expected["boxes"][best].numpy() + np.array([1, 1, 0, 0]), atol=0.01)
+    assert f"{len(lines)} detections -> 20 results file(s)" in capsys.readouterr().out

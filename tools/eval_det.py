@@ -7,6 +7,9 @@
     python tools/eval_det.py --dataset voc07 --data VOCdevkit --split test --results results/ --metric voc07
     # VOC metrics on a COCO-format set
     python tools/eval_det.py --dataset shapes --data data/shapes --results dets.json --metric voc07
+    # VOC2012 test / COCO test-dev (no public annotations): results files to submit, no scores
+    python tools/eval_det.py --checkpoint runs/det/model_final.pth --dataset voc07++12 --data VOCdevkit --split test \
+        --no-eval --output results/VOC2012/Main
     # run a trained detector (batched, progress bar, torchrun-aware) and evaluate it
     python tools/eval_det.py --checkpoint runs/det/model_final.pth --dataset voc07 --data VOCdevkit --split test \
         --metric voc07 --output runs/det/eval
@@ -22,7 +25,7 @@ from pathlib import Path
 from detection.build import load_detector
 from detection.data.catalog import DATASETS, build_detection_dataset
 from detection.data.coco import CocoDetection
-from detection.evaluation.coco import BACKENDS, read_coco_results
+from detection.evaluation.coco import BACKENDS, detections_to_coco_results, read_coco_results, write_coco_results
 from detection.evaluation.evaluator import (
     DETECTION_METRICS,
     coco_results_to_detections,
@@ -48,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--results", help="COCO results json, or a folder of devkit files (instead of --checkpoint)")
     parser.add_argument("--metric", choices=DETECTION_METRICS, nargs="+", default=None,
                         help="one or more of coco, voc07, voc12 (default: coco; with --checkpoint the dataset's own)")
+    parser.add_argument("--no-eval", action="store_true", help="with --checkpoint: write the results files to "
+                        "--output without scoring (VOC2012 test, COCO test-dev: no public annotations)")
     parser.add_argument("--batch-size", type=int, default=2, help="images per inference batch (--checkpoint)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
@@ -63,7 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.annotations:
         dataset = CocoDetection(args.annotations, None)
     elif args.dataset and args.data:
-        dataset = build_detection_dataset(args.dataset, args.data, args.split)
+        if args.no_eval and not (args.checkpoint and args.output):
+            raise UserError("--no-eval writes the detections of --checkpoint to --output: give both")
+        dataset = build_detection_dataset(args.dataset, args.data, args.split, annotated=not args.no_eval)
     else:
         raise UserError("give --annotations GT.json, or --dataset and --data")
     if bool(args.checkpoint) == bool(args.results):
@@ -79,7 +86,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         detections = run_inference(model.to(dist.device), dataset, dist.device, args.batch_size, args.workers,
                                    args.amp)
         if args.output and dist.is_main and hasattr(dataset, "image_sets"):
-            write_voc_results(args.output, dataset.image_sets[0][1], detections, records, names)
+            written = write_voc_results(args.output, dataset.image_sets[0][1], detections, records, names)
+        elif args.no_eval and dist.is_main:
+            written = [write_coco_results(detections_to_coco_results(detections, dataset.label_to_category),
+                                          Path(args.output) / "coco_results.json")]
+        if args.no_eval:
+            if dist.is_main:
+                print(f"{len(detections)} images, {sum(len(d['scores']) for d in detections.values())} detections "
+                      f"-> {len(written)} results file(s) in {args.output}")
+            return 0
     else:
         detections = load_results(Path(args.results), dataset, args.split)
     if not dist.is_main:

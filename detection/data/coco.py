@@ -48,6 +48,7 @@ def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     data = load_json(path, "annotation file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: a COCO annotation file holds an object, got {type(data).__name__}")
+    data.setdefault("annotations", [])  # image-info files of unannotated sets (COCO test-dev) have none
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise UserError(f"{path}: missing list {key!r}")

@@ -19,6 +19,7 @@ from defusedxml import DefusedXmlException
 
 from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth
 from engine.errors import UserError
+from engine.images import image_size
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -84,13 +85,16 @@ class VOCDetection(DetectionDataset):
     """A named VOC set (`voc07`, `voc12`, `voc0712`, `voc07++12`) and split from a VOCdevkit folder.
 
     Record names are `<year>/<image id>` (image ids alone in devkit result files); `difficult` objects are
-    ignored objects: out of the training targets by default, kept for evaluation.
+    ignored objects: out of the training targets by default, kept for evaluation. `annotated=False` reads
+    no XML (VOC2012 test has none public): records without objects, sizes from the image headers, for
+    writing results files to submit.
     """
 
     class_names = VOC_CLASSES
 
     def __init__(self, root: str | os.PathLike, name: str = "voc07", split: str = "trainval",
-                 transform: Callable | None = None, *, train: bool = False, keep_difficult: bool = False) -> None:
+                 transform: Callable | None = None, *, train: bool = False, keep_difficult: bool = False,
+                 annotated: bool = True) -> None:
         super().__init__(transform, train and not keep_difficult)
         self.root = Path(root)
         if not self.root.is_dir():
@@ -105,8 +109,11 @@ class VOCDetection(DetectionDataset):
                 raise UserError(f"{listing}: image set not found (is {self.root} a VOCdevkit folder?)")
             sanitize = BoxSanitizer(str(base / "Annotations"))
             for image_name in listing.read_text(encoding="utf-8").split():
-                xml = base / "Annotations" / f"{image_name}.xml"
-                width, height, objects = parse_voc_xml(xml)
+                image_path = base / "JPEGImages" / f"{image_name}.jpg"
+                if annotated:
+                    width, height, objects = parse_voc_xml(base / "Annotations" / f"{image_name}.xml")
+                else:
+                    (width, height), objects = image_size(image_path), []
                 boxes = np.array([o[1] for o in objects], dtype=np.float64).reshape(-1, 4)
                 boxes[:, :2] -= 1  # 1-based inclusive -> continuous
                 keep = sanitize(boxes, width, height)
@@ -114,7 +121,7 @@ class VOCDetection(DetectionDataset):
                 difficult = np.array([o[2] for o in objects], dtype=bool)
                 self.records.append(GroundTruth(len(self.records), f"{year}/{image_name}", width, height,
                                                 boxes[keep], labels[keep], difficult[keep]))
-                self.paths.append(base / "JPEGImages" / f"{image_name}.jpg")
+                self.paths.append(image_path)
             sanitize.report()
         if not self.records:
             raise UserError(f"{self.root}: {name} {split} lists no images")
