@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.bench_cls_train
 	$(PY) -m benchmarks.bench_detector
 	$(PY) -m benchmarks.bench_eval
+	$(PY) -m benchmarks.bench_export
 
 clean:
 	rm -rf $(VENV) runs
