@@ -45,6 +45,8 @@ def read_class_names(value: str | None) -> list[str] | None:
 
 
 def convert_detector(args: argparse.Namespace) -> str:
+    if args.to != "ours":
+        raise UserError(f"{args.src}: a detector converts to our detector checkpoint only (--to ours)")
     if not args.config:
         raise UserError(f"{args.src}: a detectron2 detector needs --config describing its model "
                         "(configs/detection/detectron2_R50_C4.yaml or detectron2_R101_C4.yaml)")
