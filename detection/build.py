@@ -14,7 +14,7 @@ from torch import nn
 
 import backbones
 from backbones.features import model_head_prefixes
-from backbones.weights import check_options
+from backbones.weights import WeightFile, check_options
 from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
 from detection.faster_rcnn import FasterRCNN
@@ -56,29 +56,31 @@ MODEL_DEFAULTS: dict[str, Any] = {
 }
 
 
-def _load_classifier(m: DictConfig | dict) -> nn.Module:
+def _load_classifier(m: DictConfig | dict, weights: WeightFile | None) -> nn.Module:
     options = to_dict(m["backbone_options"])
     classifier = backbones.build_model(m["backbone"], **options)
-    if m["weights"]:
+    if weights is None and m["weights"]:
         weights = backbones.read_weights(m["weights"])
+    if weights is not None:
         if weights.arch and weights.arch != m["backbone"]:
-            raise UserError(f"{m['weights']}: holds {weights.arch} weights but the detector backbone is "
+            raise UserError(f"{weights.source}: holds {weights.arch} weights but the detector backbone is "
                             f"{m['backbone']}")
         check_options(weights, options)
         wanted, current = weights.input_format, to_dict(m)
         if any(current[k] != v for k, v in wanted.items()):
-            raise UserError(f"{m['weights']}: these weights expect {wanted['channel_order']} input with mean "
+            raise UserError(f"{weights.source}: these weights expect {wanted['channel_order']} input with mean "
                             f"{wanted['pixel_mean']} and std {wanted['pixel_std']}; set "
                             + " ".join(f"model.{k}={v!s}".replace(" ", "") for k, v in wanted.items()))
         backbones.load_weights(classifier, weights, arch=m["backbone"], skip_prefixes=model_head_prefixes(classifier))
     return classifier
 
 
-def build_detector(cfg: DictConfig | dict, num_classes: int) -> FasterRCNN:
-    """Faster R-CNN from `cfg.model` (see `MODEL_DEFAULTS`) for `num_classes` object classes."""
+def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile | None = None) -> FasterRCNN:
+    """Faster R-CNN from `cfg.model` (see `MODEL_DEFAULTS`) for `num_classes` object classes; the backbone
+    starts from `weights` when given (already read), else from the file `cfg.model.weights` names."""
     m = cfg["model"]
     family = backbones.model_info(m["backbone"]).family
-    classifier = _load_classifier(m)
+    classifier = _load_classifier(m, weights)
     rpn_cfg, roi = m["rpn"], m["roi"]
     if family in ("resnet", "plain"):
         trunk, res5, head_shape = backbones.split_model(classifier, "res4", freeze_at=m["freeze_at"], frozen_bn=True)
@@ -126,7 +128,12 @@ def detector_checkpoint(model: nn.Module, cfg: DictConfig | dict, class_names: l
 
 def load_detector(path: str | os.PathLike) -> tuple[FasterRCNN, dict[str, Any], list[str]]:
     """A detector from `detector_checkpoint` output or a training checkpoint of `train_det.py`."""
-    state = load_checkpoint(path)
+    return detector_from_checkpoint(load_checkpoint(path), path)
+
+
+def detector_from_checkpoint(state: dict[str, Any], path: str | os.PathLike
+                             ) -> tuple[FasterRCNN, dict[str, Any], list[str]]:
+    """`load_detector` on a checkpoint already loaded from `path` (named in errors)."""
     if state.get("kind") != "faster_rcnn" or "config" not in state:
         what = f"a {state['arch']} classifier checkpoint" if "arch" in state else "not a detector checkpoint"
         raise UserError(f"{path}: {what} (expected model_final.pth or a checkpoint of train_det.py)")

@@ -71,25 +71,27 @@ def load_detectron2_heads(model: FasterRCNN, weights: WeightFile) -> None:
     model.load_state_dict(heads, strict=False)
 
 
-def import_detectron2(path: str, cfg: DictConfig | dict[str, Any], class_names: list[str] | None = None
-                      ) -> tuple[FasterRCNN, dict[str, Any]]:
-    """Our Faster R-CNN with the weights of a detectron2 C4 checkpoint (`.pkl` or `.pth`) and the detector
-    checkpoint (`detection.build.detector_checkpoint`) that `eval_det.py` / `predict.py` read.
+def import_detectron2(weights: str | WeightFile, cfg: DictConfig | dict[str, Any],
+                      class_names: list[str] | None = None) -> tuple[FasterRCNN, dict[str, Any]]:
+    """Our Faster R-CNN with the weights of a detectron2 C4 checkpoint (a `.pkl` / `.pth` path, or the file
+    already read), and the detector checkpoint (`detection.build.detector_checkpoint`) that `eval_det.py` /
+    `predict.py` read.
 
     `cfg` must describe detectron2's model (`configs/detection/detectron2_R50_C4.yaml`); `class_names`
     default to COCO's 80 or VOC's 20 when the file has that many classes.
     """
-    weights = backbones.read_weights(path, expect="detectron2")
+    if not isinstance(weights, WeightFile):
+        weights = backbones.read_weights(weights, expect="detectron2")
     num_classes = detectron2_num_classes(weights)
     if class_names is None:
-        class_names = default_class_names(num_classes, path)
+        class_names = default_class_names(num_classes, weights.source)
     if len(class_names) != num_classes:
-        raise UserError(f"{path}: the detector has {num_classes} classes but {len(class_names)} names were given")
+        raise UserError(f"{weights.source}: the detector has {num_classes} classes but {len(class_names)} names "
+                        "were given")
     cfg = to_dict(cfg)
-    cfg["model"]["weights"] = path
-    model = build_detector(cfg, num_classes)
-    load_detectron2_heads(model, weights)
     cfg["model"]["weights"] = None  # the checkpoint carries every weight itself
+    model = build_detector(cfg, num_classes, weights)
+    load_detectron2_heads(model, weights)
     return model.eval(), detector_checkpoint(model, cfg, class_names)
 
 

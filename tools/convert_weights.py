@@ -44,14 +44,14 @@ def read_class_names(value: str | None) -> list[str] | None:
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
-def convert_detector(args: argparse.Namespace) -> str:
+def convert_detector(args: argparse.Namespace, weights: WeightFile) -> str:
     if args.to != "ours":
         raise UserError(f"{args.src}: a detector converts to our detector checkpoint only (--to ours)")
     if not args.config:
         raise UserError(f"{args.src}: a detectron2 detector needs --config describing its model "
                         "(configs/detection/detectron2_R50_C4.yaml or detectron2_R101_C4.yaml)")
     cfg = load_config(DETECTION_DEFAULTS, args.config, args.overrides, open_keys=DETECTION_OPEN_KEYS)
-    _, checkpoint = import_detectron2(args.src, cfg, read_class_names(args.class_names))
+    _, checkpoint = import_detectron2(weights, cfg, read_class_names(args.class_names))
     out = save_checkpoint(checkpoint, Path(args.dst))
     return f"Faster R-CNN {cfg.model.backbone} C4, {len(checkpoint['class_names'])} classes -> {out}"
 
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     weights = backbones.read_weights(args.src, expect=args.source)
     if weights.format == "detectron2" and weights.extra:
-        print(convert_detector(args))
+        print(convert_detector(args, weights))
     else:
         print(convert_classifier(args, weights))
     return 0

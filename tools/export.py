@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from classification.evaluate import load_classifier
-from detection.build import load_detector
+from detection.build import detector_from_checkpoint
 from detection.faster_rcnn import SingleImageDetector
 from engine.checkpoint import load_checkpoint
 from engine.cli import run_cli
@@ -52,12 +52,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
     height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
-    detector_file = args.checkpoint.endswith((".pth", ".pt")) and load_checkpoint(args.checkpoint).get("kind")
-    if detector_file == "faster_rcnn":
+    state = load_checkpoint(args.checkpoint) if args.checkpoint.endswith((".pth", ".pt")) else {}
+    if state.get("kind") == "faster_rcnn":
         if args.format == "torchscript":
             raise UserError(f"{args.checkpoint}: detectors export to onnx (a TorchScript trace would freeze the "
                             "image size)")
-        detector, cfg, class_names = load_detector(args.checkpoint)
+        detector, cfg, class_names = detector_from_checkpoint(state, args.checkpoint)
         model = SingleImageDetector(detector).eval()
         test_size = cfg["model"]["test_min_size"] or cfg["model"]["min_size"][-1]
         size = args.size or [test_size, test_size * 4 // 3]  # not square: no coincidence for the export to see
