@@ -50,6 +50,17 @@ class WeightFile:
     input_format: dict[str, Any] = field(default_factory=dict)
     format: str = "torchvision"  # one of FORMATS: the layout the file was written in
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # detector heads, in the file's own names
+    record: dict[str, Any] = field(default_factory=dict)  # what our runs record beside the weights (RECORD_KEYS)
+
+    @property
+    def is_detector(self) -> bool:
+        """A whole detector of ours (`train_det.py`'s model_final.pth / model_best.pth / checkpoints)."""
+        return self.record.get("kind") == "faster_rcnn"
+
+
+# metadata our checkpoints carry beside the weights: a detector's kind, config and classes; a classifier's
+# class names and the test transform that reproduces its reported error
+RECORD_KEYS = ("kind", "config", "class_names", "category_ids", "test")
 
 
 FORMATS = ("ours", "torchvision", "timm", "msra", "detectron2")
@@ -192,15 +203,18 @@ def _read_any(path: str) -> WeightFile:
 
 def weights_from_object(obj: Any, source: str) -> WeightFile:
     """Interpret a loaded checkpoint object (see module docstring) as a `WeightFile`."""
-    arch, options, input_format, fmt = None, {}, {}, "torchvision"
+    arch, options, input_format, fmt, record = None, {}, {}, "torchvision", {}
     if isinstance(obj, Mapping) and ("state_dict" in obj or "model" in obj):
         arch, options = obj.get("arch"), dict(obj.get("options") or {})
         input_format = dict(obj.get("input_format") or {})
-        fmt = "ours" if "options" in obj or "input_format" in obj else fmt
+        record = {k: obj[k] for k in RECORD_KEYS if k in obj}
+        fmt = "ours" if "options" in obj or "input_format" in obj or record else fmt
         obj = obj.get("state_dict", obj.get("model"))
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{source}: does not contain a state dict of tensors")
     state_dict = {k.removeprefix("module."): v for k, v in obj.items()}
+    if record.get("kind") == "faster_rcnn":
+        return WeightFile(state_dict, source, None, {}, {}, fmt, record=record)
     if any(DETECTRON2_KEY.match(k) for k in state_dict):
         return detectron2_weights(state_dict, source)
     if "pre_logits.fc1.weight" in state_dict:
@@ -208,7 +222,7 @@ def weights_from_object(obj: Any, source: str) -> WeightFile:
     elif "conv1.0.weight" in state_dict and "layer1.0.conv1.weight" in state_dict:
         raise UserError(f"{source}: a timm ResNet with a deep stem (resnet*c/d/s); only the original ResNet "
                         "(conv1 7x7) has a counterpart here")
-    return WeightFile(state_dict, source, arch, options, input_format, fmt)
+    return WeightFile(state_dict, source, arch, options, input_format, fmt, record=record)
 
 
 def timm_vgg_to_state_dict(state: StateDict) -> dict[str, torch.Tensor]:

@@ -67,10 +67,13 @@ def check_classifier_weights(weights: backbones.WeightFile, options: dict) -> No
                         "normalised RGB. Use them as a detector backbone (train_det.py sets the input format)")
 
 
-def load_classifier(weights_path: str, arch: str | None = None, options: dict | None = None) -> tuple[nn.Module, str]:
-    """A registry classifier with the weights of `weights_path` (ours or torchvision's); the architecture
-    and options come from the file where it records them, the class count from its last layer."""
-    weights = backbones.read_weights(weights_path)
+def load_classifier(weights: str | backbones.WeightFile, arch: str | None = None, options: dict | None = None
+                    ) -> tuple[nn.Module, str]:
+    """A registry classifier with `weights` (a path or a file already read; ours or torchvision's); the
+    architecture and options come from the file where it records them, the class count from its last layer."""
+    if not isinstance(weights, backbones.WeightFile):
+        weights = backbones.read_weights(weights)
+    weights_path = weights.source
     arch = arch or weights.arch or backbones.guess_arch(weights.state_dict)
     if arch is None:
         raise UserError(f"{weights_path}: cannot tell the architecture; give --arch")

@@ -34,6 +34,7 @@ from engine.checkpoint import save_checkpoint
 from engine.config import to_dict
 from engine.distributed import DistInfo, all_reduce_sum
 from engine.errors import UserError
+from engine.logs import close_file_log, get_logger
 from engine.metrics import MetricWriter, plot_curves, read_metrics
 from engine.sampler import GlobalBatchSampler, SeededDataset, ShardSampler
 from engine.schedule import LRSchedule
@@ -60,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 OPEN_KEYS = ("model.options",)
+logger = get_logger("classification")
 
 
 def _style(dataset: str) -> str:
@@ -127,18 +129,32 @@ def recompute_bn_stats(model: nn.Module, batches, num_batches: int, device: torc
         bn.momentum = momentum
 
 
-def final_checkpoint(model: nn.Module, cfg: DictConfig, num_classes: int) -> dict[str, Any]:
-    """What the detector and `eval_cls.py` read: architecture, options, classes and a plain state dict."""
+# what `--resume` may change in a run's saved configuration (see detection.train.RESUME_MAY_CHANGE)
+RESUME_MAY_CHANGE = ("solver.max_iter", "data.root", "data.workers", "train.device", "train.progress",
+                     "train.log_period", "train.checkpoint_period", "train.eval_batch_size")
+
+
+def final_checkpoint(model: nn.Module, cfg: DictConfig, class_names: list[str]) -> dict[str, Any]:
+    """What the detector and `eval_cls.py` read: architecture, options, class names, the test data and
+    transform that gave the error training reported (the `data` section) and a plain state dict."""
     style = _style(cfg.data.dataset)
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if style == "imagenet" else (CIFAR_MEAN, CIFAR_STD)
-    return {"arch": cfg.model.arch, "options": to_dict(cfg.model.options), "num_classes": num_classes,
+    return {"arch": cfg.model.arch, "options": to_dict(cfg.model.options), "num_classes": len(class_names),
+            "class_names": list(class_names), "test": {"data": to_dict(cfg.data)},
             "pixel_mean": list(mean), "pixel_std": list(std), "channel_order": "RGB",
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
 
 
 def train_classifier(cfg: DictConfig, output_dir: str | os.PathLike, resume: bool | str = False) -> dict[str, float]:
     """Train per `cfg`; returns the final validation metrics (errors in %)."""
-    output_dir, dist = start_run(cfg, output_dir)
+    output_dir, dist, log_file = start_run(cfg, output_dir, resume)
+    try:
+        return _train(cfg, output_dir, dist, resume)
+    finally:
+        close_file_log(log_file)
+
+
+def _train(cfg: DictConfig, output_dir: Path, dist: DistInfo, resume: bool | str) -> dict[str, float]:
     solver, data = cfg.solver, cfg.data
 
     style = _style(data.dataset)
@@ -191,14 +207,18 @@ def train_classifier(cfg: DictConfig, output_dir: str | os.PathLike, resume: boo
     def run_eval(module: nn.Module) -> dict[str, float]:
         return evaluate(module, val_loader, dist.device, channels_last=cfg.train.channels_last)
 
+    class_names = list(train_set.classes)
     options = TrainerOptions(max_iter=max_iter, output_dir=output_dir, accumulate=solver.accumulate,
                              amp=cfg.train.amp, log_period=cfg.train.log_period, eval_period=cfg.train.eval_period,
-                             checkpoint_period=cfg.train.checkpoint_period, progress=cfg.train.progress)
+                             checkpoint_period=cfg.train.checkpoint_period, progress=cfg.train.progress,
+                             best_metric="error" if cfg.train.eval_period else None, best_mode="min")
     writer = MetricWriter(output_dir, enabled=dist.is_main)
     trainer = Trainer(train_model, optimizer, build_schedule(solver), make_batches, step, options, dist,
                       evaluate=run_eval, writer=writer,
                       checkpoint_extra=lambda: {"arch": cfg.model.arch, "options": to_dict(cfg.model.options),
-                                                "num_classes": num_classes, "config": to_dict(cfg)})
+                                                "num_classes": num_classes, "config": to_dict(cfg)},
+                      save_best=lambda: save_checkpoint(final_checkpoint(model, cfg, class_names),
+                                                        output_dir / "model_best.pth"))
     trainer.resume_from(resume)
     metrics = trainer.train()
 
@@ -208,9 +228,12 @@ def train_classifier(cfg: DictConfig, output_dir: str | os.PathLike, resume: boo
     skipped = int(all_reduce_sum(torch.tensor([bad_images[0]], device=dist.device)).item())
     if dist.is_main:
         if skipped:
-            warnings.warn(f"skipped {skipped} unreadable training images", stacklevel=2)
-        save_checkpoint(final_checkpoint(model, cfg, num_classes), output_dir / "model_final.pth")
+            warnings.warn(f"skipped {skipped} unreadable training images", stacklevel=3)
+        final = save_checkpoint(final_checkpoint(model, cfg, class_names), output_dir / "model_final.pth")
         summary = {**metrics, "iterations": trainer.iteration, "skipped_images": skipped}
+        if trainer.best is not None:
+            summary["best"] = {**trainer.best, "checkpoint": "model_best.pth"}
+        logger.info(f"final model -> {final}")
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         plot_curves({cfg.model.arch: read_metrics(output_dir)}, output_dir / "curves.png",
                     title=f"{cfg.model.arch} on {data.dataset}")

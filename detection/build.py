@@ -57,30 +57,42 @@ MODEL_DEFAULTS: dict[str, Any] = {
 
 
 def _load_classifier(m: DictConfig | dict, weights: WeightFile | None) -> nn.Module:
+    """The registry classifier the detector is cut from, with ImageNet `weights` (a classifier's, or the ResNet
+    of a detectron2 detector) when given."""
     options = to_dict(m["backbone_options"])
     classifier = backbones.build_model(m["backbone"], **options)
-    if weights is None and m["weights"]:
-        weights = backbones.read_weights(m["weights"])
     if weights is not None:
         if weights.arch and weights.arch != m["backbone"]:
             raise UserError(f"{weights.source}: holds {weights.arch} weights but the detector backbone is "
                             f"{m['backbone']}")
         check_options(weights, options)
-        wanted, current = weights.input_format, to_dict(m)
-        if any(current[k] != v for k, v in wanted.items()):
-            raise UserError(f"{weights.source}: these weights expect {wanted['channel_order']} input with mean "
-                            f"{wanted['pixel_mean']} and std {wanted['pixel_std']}; set "
-                            + " ".join(f"model.{k}={v!s}".replace(" ", "") for k, v in wanted.items()))
+        check_input_format(weights.source, weights.input_format, m)
         backbones.load_weights(classifier, weights, arch=m["backbone"], skip_prefixes=model_head_prefixes(classifier))
     return classifier
 
 
+def check_input_format(source: str, wanted: dict[str, Any], m: DictConfig | dict) -> None:
+    """Weights trained on another input (BGR, other mean/std) must be fed what they expect: the config must say
+    so, or the error names the keys to set."""
+    current = to_dict(m)
+    if any(current[k] != v for k, v in wanted.items()):
+        raise UserError(f"{source}: these weights expect {wanted['channel_order']} input with mean "
+                        f"{wanted['pixel_mean']} and std {wanted['pixel_std']}; set "
+                        + " ".join(f"model.{k}={v!s}".replace(" ", "") for k, v in wanted.items()))
+
+
 def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile | None = None) -> FasterRCNN:
-    """Faster R-CNN from `cfg.model` (see `MODEL_DEFAULTS`) for `num_classes` object classes; the backbone
-    starts from `weights` when given (already read), else from the file `cfg.model.weights` names."""
+    """Faster R-CNN from `cfg.model` (see `MODEL_DEFAULTS`) for `num_classes` object classes, started from
+    `weights` (already read) or the file `cfg.model.weights` names: ImageNet classifier weights for the
+    backbone, or a whole detector (ours, or detectron2's C4), whose class-specific predictor is re-initialised
+    when it was trained for another number of classes."""
+    from detection.weights import load_detector_weights  # it builds detectors too
+
     m = cfg["model"]
     family = backbones.model_info(m["backbone"]).family
-    classifier = _load_classifier(m, weights)
+    if weights is None and m["weights"]:
+        weights = backbones.read_weights(m["weights"])
+    classifier = _load_classifier(m, None if weights is None or weights.is_detector else weights)
     rpn_cfg, roi = m["rpn"], m["roi"]
     if family in ("resnet", "plain"):
         trunk, res5, head_shape = backbones.split_model(classifier, "res4", freeze_at=m["freeze_at"], frozen_bn=True)
@@ -117,13 +129,21 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
         detections_per_image=roi["detections_per_image"])
     transform = DetectionTransform(m["min_size"], m["max_size"], m["test_min_size"], m["pixel_mean"], m["pixel_std"],
                                    m["channel_order"], m["size_divisibility"])
-    return FasterRCNN(trunk, rpn, roi_heads, transform, feature_name)
+    model = FasterRCNN(trunk, rpn, roi_heads, transform, feature_name)
+    if weights is not None and (weights.is_detector or weights.extra):
+        load_detector_weights(model, weights, m)
+    return model
 
 
-def detector_checkpoint(model: nn.Module, cfg: DictConfig | dict, class_names: list[str]) -> dict[str, Any]:
-    """What `load_detector` reads back: the config that builds the model, class names and weights."""
-    return {"kind": "faster_rcnn", "config": to_dict(cfg), "class_names": list(class_names),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+def detector_checkpoint(model: nn.Module, cfg: DictConfig | dict, class_names: list[str],
+                        category_ids: list[int] | None = None) -> dict[str, Any]:
+    """What `load_detector` reads back: the config that builds the model, class names (and the dataset's
+    category id of each, for COCO-format results files) and weights."""
+    state = {"kind": "faster_rcnn", "config": to_dict(cfg), "class_names": list(class_names),
+             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if category_ids is not None:
+        state["category_ids"] = [int(c) for c in category_ids]
+    return state
 
 
 def load_detector(path: str | os.PathLike) -> tuple[FasterRCNN, dict[str, Any], list[str]]:

@@ -43,10 +43,11 @@ def run_inference(model: nn.Module, dataset: DetectionDataset, device: torch.dev
 
 
 def default_metrics(dataset_name: str) -> list[str]:
-    """COCO AP for COCO, the VOC07 11-point metric for VOC07-tested sets, VOC12 for VOC12-tested ones, both
-    for the shapes set."""
-    return {"coco": ["coco"], "shapes": ["voc07", "coco"], "voc07": ["voc07"], "voc0712": ["voc07"],
-            "voc12": ["voc12"], "voc07++12": ["voc12"]}[dataset_name]
+    """COCO AP for COCO-format data, the VOC07 11-point metric for VOC07-tested sets, VOC12 for VOC12-tested
+    ones, both VOC07 and COCO for the shapes set; a VOC-layout folder of one's own: VOC12 (the area under the
+    precision envelope, mAP@0.5) and COCO AP."""
+    return {"coco": ["coco"], "shapes": ["voc07", "coco"], "voc": ["voc12", "coco"], "voc07": ["voc07"],
+            "voc0712": ["voc07"], "voc12": ["voc12"], "voc07++12": ["voc12"]}[dataset_name]
 
 
 def score(detections: Detections, dataset: DetectionDataset, metrics: Sequence[str], output_dir=None,

@@ -25,7 +25,7 @@ from detection.inference import default_metrics, flat_metrics, run_inference, sc
 from detection.visualize import draw_detections, save_image
 from engine.checkpoint import save_checkpoint
 from engine.config import to_dict
-from engine.errors import UserError
+from engine.logs import close_file_log, get_logger
 from engine.metrics import MetricWriter, plot_curves, read_metrics
 from engine.sampler import GlobalBatchSampler, SeededDataset
 from engine.schedule import LRSchedule
@@ -33,8 +33,10 @@ from engine.trainer import Trainer, TrainerOptions, start_run
 
 DEFAULTS: dict[str, Any] = {
     "model": copy.deepcopy(MODEL_DEFAULTS),
-    "data": {"dataset": "shapes", "root": None, "train_split": None, "val_split": None, "workers": 2,
-             "flip_prob": 0.5, "photometric": False, "keep_empty": False},
+    "data": {"dataset": "shapes", "root": None, "train_split": None, "val_split": None, "train_ann": None,
+             "train_images": None, "val_ann": None, "val_images": None, "classes": None,
+             "ignore_unknown_classes": False, "workers": 2, "flip_prob": 0.5, "photometric": False,
+             "keep_empty": False},
     "solver": {"ims_per_batch": 2, "accumulate": 1, "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0005,
                "max_iter": 80000, "steps": [60000], "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.001,
                "warmup_method": "linear"},
@@ -43,18 +45,28 @@ DEFAULTS: dict[str, Any] = {
     "test": {"metrics": None, "batch_size": 2, "backend": "pycocotools", "vis_images": 4, "vis_score_thresh": 0.5},
 }
 OPEN_KEYS = ("model.backbone_options",)
+logger = get_logger("detection")
 
 
-def datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset]:
+# what `--resume` may change in a run's saved configuration: where the data lives, how long it runs, how it
+# reports; everything else must be given as it was (or not at all)
+RESUME_MAY_CHANGE = ("solver.max_iter", "data.root", "data.train_ann", "data.train_images", "data.val_ann",
+                     "data.val_images", "data.workers", "train.device", "train.progress", "train.log_period",
+                     "train.checkpoint_period", "test.")
+
+
+def datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset | None]:
+    """The training set and the evaluation set (None when the config names none and the default is absent)."""
     data = cfg.data
-    if data.root is None:
-        hint = " (make one with tools/make_shapes.py)" if data.dataset == "shapes" else ""
-        raise UserError(f"--data DIR is required for dataset {data.dataset}{hint}")
     augment = DetectionAugmentation(data.flip_prob, data.photometric)
-    train = build_detection_dataset(data.dataset, data.root, data.train_split, transform=augment, train=True,
-                                    keep_empty=data.keep_empty)
-    val = build_detection_dataset(data.dataset, data.root, data.val_split)
+    train = build_detection_dataset(data, train=True, transform=augment)
+    val = build_detection_dataset(data, train=False, class_names=train.class_names, optional=True)
     return train, val
+
+
+def primary_metric(metrics: list[str]) -> str:
+    """The key of the number that picks `model_best.pth`: COCO AP, or VOC mAP, of the first metric."""
+    return "coco_AP" if metrics[0] == "coco" else f"{metrics[0]}_mAP"
 
 
 def visualize(dataset: DetectionDataset, detections, out_dir: Path, count: int,
@@ -72,13 +84,24 @@ def visualize(dataset: DetectionDataset, detections, out_dir: Path, count: int,
 
 def train_detector(cfg: DictConfig, output_dir: str | os.PathLike, resume: bool | str = False) -> dict[str, Any]:
     """Train per `cfg`, evaluate with the dataset's metrics; returns `{metric: result}` of the final model."""
-    output_dir, dist = start_run(cfg, output_dir)
+    output_dir, dist, log_file = start_run(cfg, output_dir, resume)
+    try:
+        return _train(cfg, output_dir, dist, resume)
+    finally:
+        close_file_log(log_file)
+
+
+def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[str, Any]:
     solver = cfg.solver
     train_set, val_set = datasets(cfg)
+    class_names = list(train_set.class_names)
+    category_ids = list(getattr(train_set, "label_to_category", {}).values()) or None
+    logger.info(f"training set: {len(train_set)} images, {len(class_names)} classes ({', '.join(class_names)}); "
+                + (f"evaluation set: {len(val_set)} images" if val_set is not None else "no evaluation set"))
     if not cfg.model.weights and dist.is_main:
         warnings.warn("no --weights: the backbone starts from random initialisation (training from scratch)",
-                      stacklevel=2)
-    model = build_detector(cfg, num_classes=len(train_set.class_names)).to(dist.device)
+                      stacklevel=3)
+    model = build_detector(cfg, num_classes=len(class_names)).to(dist.device)
     train_model: nn.Module = model
     if dist.world_size > 1:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -116,28 +139,39 @@ def train_detector(cfg: DictConfig, output_dir: str | os.PathLike, resume: bool 
         last_results["_detections"] = detections
         return flat_metrics({k: v for k, v in last_results.items() if not k.startswith("_")})
 
+    def final_state() -> dict[str, Any]:
+        return detector_checkpoint(model, cfg, class_names, category_ids)
+
+    periodic = bool(cfg.train.eval_period) and val_set is not None
     options = TrainerOptions(max_iter=solver.max_iter, output_dir=output_dir, accumulate=solver.accumulate,
                              amp=cfg.train.amp, log_period=cfg.train.log_period, eval_period=cfg.train.eval_period,
-                             checkpoint_period=cfg.train.checkpoint_period, progress=cfg.train.progress)
+                             checkpoint_period=cfg.train.checkpoint_period, progress=cfg.train.progress,
+                             best_metric=primary_metric(metrics_names) if periodic else None)
     writer = MetricWriter(output_dir, enabled=dist.is_main)
-    trainer = Trainer(train_model, optimizer, schedule, make_batches, step, options, dist, evaluate=evaluate,
-                      writer=writer, checkpoint_extra=lambda: {"kind": "faster_rcnn", "config": to_dict(cfg),
-                                                               "class_names": list(train_set.class_names)})
+    trainer = Trainer(train_model, optimizer, schedule, make_batches, step, options, dist,
+                      evaluate=evaluate if val_set is not None else None, writer=writer,
+                      checkpoint_extra=lambda: {"kind": "faster_rcnn", "config": to_dict(cfg),
+                                                "class_names": class_names},
+                      save_best=lambda: save_checkpoint(final_state(), output_dir / "model_best.pth"))
     trainer.resume_from(resume)
     trainer.train()
     results = {k: v for k, v in last_results.items() if not k.startswith("_")}
     if dist.is_main:
-        save_checkpoint(detector_checkpoint(model, cfg, list(train_set.class_names)), output_dir / "model_final.pth")
+        final = save_checkpoint(final_state(), output_dir / "model_final.pth")
         summary = {"iterations": trainer.iteration, **results}
+        if trainer.best is not None:
+            summary["best"] = {**trainer.best, "checkpoint": "model_best.pth"}
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         records = read_metrics(output_dir)
         plot_curves({"train": records}, output_dir / "loss.png", key="loss", ylabel="total loss",
                     splits=("train",), title="training loss")
-        for metric in metrics_names:
-            key = "coco_AP" if metric == "coco" else f"{metric}_mAP"
-            plot_curves({"val": records}, output_dir / f"{key}.png", key=key, ylabel=f"{key} (%)", splits=("val",),
-                        title=f"validation {key}")
-        visualize(val_set, last_results.get("_detections", {}), output_dir / "detections",
-                  cfg.test.vis_images, cfg.test.vis_score_thresh)
+        if val_set is not None:
+            for metric in metrics_names:
+                key = "coco_AP" if metric == "coco" else f"{metric}_mAP"
+                plot_curves({"val": records}, output_dir / f"{key}.png", key=key, ylabel=f"{key} (%)",
+                            splits=("val",), title=f"validation {key}")
+            visualize(val_set, last_results.get("_detections", {}), output_dir / "detections",
+                      cfg.test.vis_images, cfg.test.vis_score_thresh)
+        logger.info(f"final model -> {final}")
     writer.close()
     return results

@@ -1,46 +1,71 @@
-"""Detections drawn on images with OpenCV: one colour per class, label and score above each box."""
+"""Detections drawn on images (torchvision's `draw_bounding_boxes`): one colour per class, the class name and
+score above each box, line width and text size following the image size."""
 
 from __future__ import annotations
 
+import colorsys
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
+import torch
+from PIL import Image
+from torchvision.utils import draw_bounding_boxes
+
+from engine.errors import UserError
 
 
 def class_color(label: int) -> tuple[int, int, int]:
-    hue = (label * 47) % 180
-    bgr = cv2.cvtColor(np.uint8([[[hue, 220, 230]]]), cv2.COLOR_HSV2BGR)[0, 0]
-    return tuple(int(c) for c in bgr)
+    """A saturated colour per class label, far from its neighbours' (golden-ratio hue steps)."""
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.85, 0.95)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+@functools.cache
+def _font() -> str | None:
+    """A scalable TrueType font (matplotlib's DejaVu Sans, installed with it); None: Pillow's small default."""
+    try:
+        from matplotlib import font_manager
+
+        return font_manager.findfont(font_manager.FontProperties(family="DejaVu Sans"), fallback_to_default=True)
+    except (ImportError, ValueError):
+        return None
 
 
 def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray | None,
                     class_names: Sequence[str], score_thresh: float = 0.5) -> np.ndarray:
-    """A copy of RGB uint8 `image` with the boxes scoring at least `score_thresh` drawn (scores None: all)."""
-    canvas = np.ascontiguousarray(image[:, :, ::-1]).copy()
-    scale = max(0.35, min(canvas.shape[:2]) / 600)
-    for i, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), np.asarray(labels), strict=True)):
-        score = None if scores is None else float(scores[i])
-        if score is not None and score < score_thresh:
-            continue
-        x1, y1, x2, y2 = (round(float(v)) for v in box)
-        color = class_color(int(label))
-        cv2.rectangle(canvas, (x1, y1), (x2, y2), color, max(1, int(2 * scale)))
-        text = class_names[int(label) - 1] + ("" if score is None else f" {score:.2f}")
-        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, 1)
-        y_text = max(th + 2, y1)
-        cv2.rectangle(canvas, (x1, y_text - th - 3), (x1 + tw + 2, y_text), color, -1)
-        cv2.putText(canvas, text, (x1 + 1, y_text - 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-    return canvas[:, :, ::-1]
+    """A copy of RGB uint8 `image` (H, W, 3) with the boxes scoring at least `score_thresh` drawn (scores None:
+    all, without scores in the text)."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    keep = np.ones(len(boxes), dtype=bool) if scores is None else np.asarray(scores).reshape(-1) >= score_thresh
+    if not keep.any():
+        return np.array(image, copy=True)
+    kept_scores = None if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)[keep]
+    shown = [class_names[int(label) - 1] + ("" if kept_scores is None else f" {kept_scores[i]:.2f}")
+             for i, label in enumerate(labels[keep])]
+    colors = [class_color(int(label)) for label in labels[keep]]
+    side = min(image.shape[:2])
+    font = _font()
+    canvas = draw_bounding_boxes(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+                                 torch.from_numpy(boxes[keep]), labels=shown, colors=colors,
+                                 width=max(1, round(side / 250)), font=font,
+                                 font_size=max(10, round(side / 40)) if font else None,
+                                 label_colors="black", label_background_colors=colors)
+    return canvas.permute(1, 2, 0).numpy()
 
 
 def save_image(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an RGB uint8 image (PNG/JPEG by extension); errors name the file."""
+    """Write an RGB uint8 image in the format its extension names (JPEG at quality 95); errors name the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), np.ascontiguousarray(image[:, :, ::-1])):
-        raise OSError(f"could not write image {path}")
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    if path.suffix.lower() == ".pgm":  # a grey-level format
+        picture = picture.convert("L")
+    try:
+        picture.save(path, quality=95)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path}: could not write the image ({exc})") from None
     return path

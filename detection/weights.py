@@ -1,9 +1,10 @@
-"""Trained detectors from elsewhere: detectron2 Faster R-CNN C4 checkpoints into our `FasterRCNN`.
+"""Whole detectors as starting points: ours (fine-tuning), and detectron2 Faster R-CNN C4 checkpoints.
 
 `backbones.read_weights` already turns a detectron2 file into our ResNet keys (`backbone.*` and
 `roi_heads.res5.*`) and keeps its RPN and box predictor aside (`WeightFile.extra`); `build_detector` loads
-the ResNet part like any ImageNet weights, and `load_detectron2_heads` maps the rest. The two layouts
+the ResNet part like any ImageNet weights, and `load_detector_weights` maps the rest. The two layouts
 differ in one place: detectron2's classifier puts background last (index K), ours first (index 0).
+Our own `model_final.pth` / `model_best.pth` start a fine-tuning run the same way (`train_det.py --weights`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from omegaconf import DictConfig
 
 import backbones
 from backbones.weights import WeightFile
-from detection.build import build_detector, detector_checkpoint
 from detection.faster_rcnn import FasterRCNN
 from engine.config import to_dict
 from engine.errors import UserError
+from engine.logs import get_logger
+
+logger = get_logger("detection")
 
 RPN_PREFIX, PREDICTOR_PREFIX = "proposal_generator.rpn_head.", "roi_heads.box_predictor."
+RPN_OURS = "rpn.head."
 
 
 def detectron2_num_classes(weights: WeightFile) -> int:
@@ -38,7 +42,7 @@ def detectron2_heads_state_dict(weights: WeightFile) -> dict[str, torch.Tensor]:
     state = {}
     for key, value in weights.extra.items():
         if key.startswith(RPN_PREFIX):
-            state["rpn.head." + key.removeprefix(RPN_PREFIX)] = value
+            state[RPN_OURS + key.removeprefix(RPN_PREFIX)] = value
         elif key.startswith(PREDICTOR_PREFIX + "cls_score."):
             state["roi_heads.predictor." + key.removeprefix(PREDICTOR_PREFIX)] = torch.cat([value[-1:], value[:-1]])
         elif key.startswith(PREDICTOR_PREFIX + "bbox_pred."):
@@ -53,22 +57,52 @@ def detectron2_heads_state_dict(weights: WeightFile) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_detectron2_heads(model: FasterRCNN, weights: WeightFile) -> None:
-    """Load the RPN and box predictor of a detectron2 file into `model` (whose ResNet is already loaded)."""
-    heads = detectron2_heads_state_dict(weights)
-    expected = {k: v for k, v in model.state_dict().items() if k.startswith(("rpn.head.", "roi_heads.predictor."))}
-    missing = sorted(expected.keys() - heads.keys())
-    wrong = [f"{k} {tuple(heads[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in heads and heads[k].shape != v.shape]
-    if missing or wrong:
+PREDICTOR = "roi_heads.predictor."
+# what must agree between a detector checkpoint and the config it fine-tunes under: the network's layout and
+# the input it was trained on (weights fed other pixels load without complaint and silently do worse)
+ARCHITECTURE_KEYS = ("backbone", "backbone_options", "pixel_mean", "pixel_std", "channel_order")
+
+
+def load_detector_weights(model: FasterRCNN, weights: WeightFile, model_cfg: Any) -> None:
+    """Load a whole detector into `model` (built from `model_cfg`, the config's `model` section): one of ours
+    (`weights.is_detector`) or the RPN and box predictor of a detectron2 C4 file (its ResNet is already in).
+    When the file was trained for another number of classes, the class-specific predictor keeps its fresh
+    initialisation (fine-tuning to new classes) and one line says so; any other difference is an error."""
+    if weights.is_detector:
+        trained = weights.record["config"]["model"]
+        current = to_dict(model_cfg)
+        differ = [k for k in ARCHITECTURE_KEYS if trained.get(k) != current.get(k)]
+        if differ:
+            raise UserError(f"{weights.source}: this detector was trained with "
+                            + ", ".join(f"model.{k}={trained.get(k)}" for k in differ)
+                            + "; the config has " + ", ".join(f"{current.get(k)}" for k in differ)
+                            + ": set the same values (or use its recipe)")
+        state, scope = weights.state_dict, ("",)
+    else:
+        state, scope = detectron2_heads_state_dict(weights), (RPN_OURS, PREDICTOR)
+    expected = {k: v for k, v in model.state_dict().items() if k.startswith(scope)}
+    file_classes = state.get(PREDICTOR + "cls_score.weight")
+    model_classes = expected[PREDICTOR + "cls_score.weight"]
+    if file_classes is not None and file_classes.shape != model_classes.shape:
+        state = {k: v for k, v in state.items() if not k.startswith(PREDICTOR)}
+        expected = {k: v for k, v in expected.items() if not k.startswith(PREDICTOR)}
+        logger.info(f"{weights.source}: trained for {file_classes.shape[0] - 1} classes, fine-tuned here for "
+                    f"{model_classes.shape[0] - 1}: the class-specific predictor ({PREDICTOR.rstrip('.')}) starts "
+                    "from a new initialisation")
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
         hint = ""
-        if any(k.startswith("rpn.head.objectness") for k in wrong):
-            hint = (f"; the file has {heads['rpn.head.objectness_logits.bias'].shape[0]} anchors per position, the "
-                    f"config {expected['rpn.head.objectness_logits.bias'].shape[0]}: set model.anchor_sizes / "
-                    "model.aspect_ratios as the detectron2 config did")
-        raise UserError(f"{weights.source}: detectron2 heads do not fit this detector (missing: {missing or 'none'}; "
-                        f"file vs model: {wrong or 'none'}){hint}")
-    model.load_state_dict(heads, strict=False)
+        if any(k.startswith(RPN_OURS + "objectness") for k in wrong):
+            hint = (f"; the file has {state[RPN_OURS + 'objectness_logits.bias'].shape[0]} anchors per position, the "
+                    f"config {expected[RPN_OURS + 'objectness_logits.bias'].shape[0]}: set model.anchor_sizes / "
+                    "model.aspect_ratios as the file's model had them")
+        raise UserError(f"{weights.source}: the detector in this file does not fit the configured one (missing: "
+                        f"{missing[:3] or 'none'}; unexpected: {unexpected[:3] or 'none'}; file vs model: "
+                        f"{wrong[:3] or 'none'}){hint}")
+    model.load_state_dict(state, strict=False)
 
 
 def import_detectron2(weights: str | WeightFile, cfg: DictConfig | dict[str, Any],
@@ -88,10 +122,11 @@ def import_detectron2(weights: str | WeightFile, cfg: DictConfig | dict[str, Any
     if len(class_names) != num_classes:
         raise UserError(f"{weights.source}: the detector has {num_classes} classes but {len(class_names)} names "
                         "were given")
+    from detection.build import build_detector, detector_checkpoint  # build imports this module
+
     cfg = to_dict(cfg)
     cfg["model"]["weights"] = None  # the checkpoint carries every weight itself
     model = build_detector(cfg, num_classes, weights)
-    load_detectron2_heads(model, weights)
     return model.eval(), detector_checkpoint(model, cfg, class_names)
 
 

@@ -78,6 +78,41 @@ def find_last(output_dir: str | os.PathLike) -> Path | None:
     return path if path.is_file() else None
 
 
+def checkpoint_path(output_dir: str | os.PathLike, iteration: int) -> Path:
+    return Path(output_dir) / f"checkpoint_{iteration:07d}.pth"
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, iteration: int, keep: int) -> None:
+    """After saving the checkpoint of `iteration`: keep it and the `keep - 1` before it; remove older ones, and
+    later ones left by an abandoned continuation (a resume from an earlier checkpoint overwrites that future)."""
+    found = sorted((int(p.stem.split("_")[1]), p) for p in Path(output_dir).glob("checkpoint_*.pth")
+                   if p.stem.split("_")[1].isdigit())
+    earlier = [p for it, p in found if it <= iteration]
+    stale = earlier[: -max(1, keep)] + [p for it, p in found if it > iteration]
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+RUN_FILES = ("model_final.pth", LAST_CHECKPOINT, "metrics.jsonl", "checkpoint_*.pth")
+
+
+def holds_run(output_dir: str | os.PathLike) -> bool:
+    """Whether a folder holds (part of) a training run: checkpoints, metrics or a final model. A folder with
+    only the `config.yaml` of a run that stopped before its first step does not count."""
+    out = Path(output_dir)
+    return out.is_dir() and any(next(out.glob(pattern), None) is not None for pattern in RUN_FILES)
+
+
+def remove_partial_saves(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete what a save killed mid-write leaves: `save_checkpoint`'s `.<name>.*.tmp` and the marker's `.tmp`."""
+    out = Path(output_dir)
+    leftovers = [*out.glob(".*.tmp"), out / f"{LAST_CHECKPOINT}.tmp"]
+    removed = [p for p in leftovers if p.is_file()]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():

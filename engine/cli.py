@@ -1,11 +1,19 @@
-"""Entry-point wrapper for `tools/*.py`: user errors become one line on stderr and exit code 2."""
+"""What the command-line tools share: the entry-point wrapper (user errors become one line on stderr and exit
+code 2) and the configuration of a training run from its flags."""
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+from omegaconf import DictConfig
+
+from engine.config import config_layers, merge_layers, resume_config
 from engine.errors import UserError
+from engine.logs import setup_console
 
 EXIT_USER_ERROR = 2
 
@@ -16,6 +24,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     With `--debug` among the arguments the exception propagates with its full traceback.
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    setup_console()
     try:
         return int(main(args) or 0)
     except (UserError, OSError) as exc:
@@ -41,3 +50,18 @@ def _one_line(exc: UserError) -> str:
 def _describe_os_error(exc: OSError) -> str:
     where = f"{exc.filename}: " if exc.filename else ""
     return f"{where}{exc.strerror or exc}"
+
+
+def run_config(defaults: Mapping[str, Any], args: argparse.Namespace, flag_keys: Mapping[str, str],
+               open_keys: Iterable[str] = (), may_change: Iterable[str] = ()) -> DictConfig:
+    """A training run's configuration: defaults <- `--config` recipe <- flags (`flag_keys` maps an argparse
+    dest to its config key; flags left at None are not given) <- `key=value` overrides. With `--resume` into
+    a folder that holds a run, that run's saved `config.yaml` instead, which what is given again must agree
+    with (except keys under `may_change`)."""
+    flags = {key: ("--" + dest.replace("_", "-"), getattr(args, dest)) for dest, key in flag_keys.items()
+             if getattr(args, dest) is not None}
+    layers = config_layers(args.config, args.overrides, flags)
+    saved = Path(args.output) / "config.yaml"
+    if args.resume and saved.is_file():
+        return resume_config(defaults, saved, layers, open_keys, may_change)
+    return merge_layers(defaults, layers, open_keys)

@@ -8,12 +8,12 @@ Free-form sections (e.g. `model.options`) are marked open in the defaults by `op
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from engine.errors import UserError
@@ -58,21 +58,42 @@ def _check_types(default: Any, value: Any, source: str, key: str = "") -> None:
         raise UserError(f"{source}: {key} must be {type(default).__name__} like {default!r}, got {value!r}")
 
 
-def load_config(defaults: Mapping[str, Any], path: str | os.PathLike | None = None,
-                overrides: Sequence[str] = (), open_keys: Iterable[str] = ()) -> DictConfig:
-    """Defaults <- recipe file <- `key=value` overrides, each checked for unknown keys and wrong types."""
-    cfg = OmegaConf.create(dict(defaults))
-    OmegaConf.set_struct(cfg, True)
-    for key in open_keys:
-        OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
-    layers: list[tuple[str, Any]] = []
+Layer = tuple[str, Any]  # (where it came from, a nested mapping of values)
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """`nest("a.b", 1)` is `{"a": {"b": 1}}`."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def config_layers(path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
+                  flags: Mapping[str, tuple[str, Any]] | None = None) -> list[Layer]:
+    """The layers a command line puts over the defaults, in order: the recipe file, then the flags
+    (`{config key: (flag name, value)}`, named in errors), then the `key=value` overrides."""
+    layers: list[Layer] = []
     if path is not None:
         layers.append((str(path), _read_yaml(Path(path).resolve())))
+    for key, (flag, value) in (flags or {}).items():
+        layers.append((flag, nest(key, value)))
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise UserError(f"override {item!r} is not of the form key=value")
         key, value = item.split("=", 1)
-        layers.append((f"override {item!r}", OmegaConf.from_dotlist([f"{key}={value}"])))
+        try:
+            layers.append((f"override {item!r}", OmegaConf.from_dotlist([f"{key}={value}"])))
+        except OmegaConfBaseException as exc:
+            raise UserError(f"override {item!r}: {str(exc).splitlines()[0]}") from None
+    return layers
+
+
+def merge_layers(defaults: Mapping[str, Any], layers: Sequence[Layer], open_keys: Iterable[str] = ()) -> DictConfig:
+    """Defaults <- each layer, checked for unknown keys and wrong types as it is merged."""
+    cfg = OmegaConf.create(dict(defaults))
+    OmegaConf.set_struct(cfg, True)
+    for key in open_keys:
+        OmegaConf.set_struct(OmegaConf.select(cfg, key), False)
     for source, layer in layers:
         try:
             cfg = OmegaConf.merge(cfg, layer)
@@ -84,6 +105,49 @@ def load_config(defaults: Mapping[str, Any], path: str | os.PathLike | None = No
             raise UserError(f"{source}: {reason}") from None
         _check_types(defaults, OmegaConf.to_container(cfg, resolve=True), source)
     return cfg
+
+
+def load_config(defaults: Mapping[str, Any], path: str | os.PathLike | None = None,
+                overrides: Sequence[str] = (), open_keys: Iterable[str] = (),
+                flags: Mapping[str, tuple[str, Any]] | None = None) -> DictConfig:
+    """Defaults <- recipe file <- flags <- `key=value` overrides, each checked for unknown keys and wrong types."""
+    return merge_layers(defaults, config_layers(path, overrides, flags), open_keys)
+
+
+def _leaves(tree: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(tree, Mapping) and tree:
+        for key, value in tree.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix
+
+
+def resume_config(defaults: Mapping[str, Any], saved: str | os.PathLike, layers: Sequence[Layer],
+                  open_keys: Iterable[str] = (), may_change: Iterable[str] = ()) -> DictConfig:
+    """The configuration a resumed run continues with: the one saved in its folder (`saved`). What the command
+    line gives again (`layers`) must agree with it, except keys under `may_change` (e.g. a longer
+    `solver.max_iter`, another `data.workers`), which are taken from the command line."""
+    open_keys = list(open_keys)
+    stored = merge_layers(defaults, [(str(saved), _read_yaml(Path(saved)))], open_keys)
+    given = merge_layers(defaults, layers, open_keys)
+    changeable = tuple(may_change)
+    for source, layer in layers:
+        container = OmegaConf.to_container(layer) if isinstance(layer, DictConfig) else layer
+        for key in _leaves(container):
+            if key.startswith(changeable):
+                OmegaConf.update(stored, key, OmegaConf.select(given, key), merge=False)
+                continue
+            before, now = OmegaConf.select(stored, key), OmegaConf.select(given, key)
+            if to_plain(before) != to_plain(now):
+                raise UserError(f"{source}: the run in {Path(saved).parent} has {key}={to_plain(before)!r}, "
+                                f"this command gives {to_plain(now)!r}; --resume continues a run with its own "
+                                "settings: drop the flag, or start a new run in another --output")
+    return stored
+
+
+def to_plain(value: Any) -> Any:
+    """OmegaConf containers as plain lists/dicts, other values as they are."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def parse_key_values(pairs: Iterable[str]) -> dict[str, Any]:

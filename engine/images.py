@@ -1,4 +1,9 @@
-"""Decoding image files for every task, with errors that name the file."""
+"""Decoding image files for every task, with errors that name the file.
+
+Images are read as people see them: a JPEG's EXIF orientation (a phone photo taken upright is often stored
+sideways with an "orientation" tag) is applied on decoding, and `image_size` reports the displayed size, so
+annotations, training, evaluation, prediction and drawing all agree on one orientation.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+EXIF_ORIENTATION = 0x0112
+_TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 
 
 @contextmanager
@@ -25,14 +32,26 @@ def _open(path: str | os.PathLike) -> Iterator[Image.Image]:
         raise UserError(f"{path}: unreadable image ({exc})") from None
 
 
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1: as stored; 2..8: mirrored and/or rotated), 1 when absent or invalid."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # a corrupt EXIF block: the pixels as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file fully (so truncation is caught here) as RGB."""
+    """Decode an image file fully (so truncation is caught here) as RGB, in its displayed orientation."""
     with _open(path) as img:
         img.load()
+        if exif_orientation(img) != 1:
+            img = ImageOps.exif_transpose(img)
         return img.convert("RGB")
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) from the file's header, without decoding the pixels."""
+    """(width, height) as displayed (EXIF orientation applied), from the file's header without decoding."""
     with _open(path) as img:
-        return img.size
+        width, height = img.size
+        return (height, width) if exif_orientation(img) in _TRANSPOSED else (width, height)

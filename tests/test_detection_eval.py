@@ -160,14 +160,41 @@ def test_coco_ap_matches_the_published_cocoapi_numbers(shared_data):
     for backend in ("pycocotools", "faster_coco_eval"):
         got = evaluate_coco_files(folder / "instances_val2014_100.json",
                                   folder / "instances_val2014_fakebbox100_results.json", backend)
+        per_class = got.pop("per_class")
         assert list(got.values()) == pytest.approx(expected, abs=1e-10)
+        assert len(per_class) == 80
+
+
+def test_per_class_coco_ap_equals_cocoeval_restricted_to_that_category(shared_data):
+    """Each category's AP from the one accumulated table equals a separate COCOeval run on that category alone
+    (pycocotools' own `params.catIds`), and a category without ground truth is None (n/a), not -100."""
+    folder = shared_data / "coco-val2014-100-eval"
+    gt_file, dt_file = folder / "instances_val2014_100.json", folder / "instances_val2014_fakebbox100_results.json"
+    got = evaluate_coco_files(gt_file, dt_file)["per_class"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_file))
+        dt = gt.loadRes(str(dt_file))
+    names = {c["id"]: c["name"] for c in gt.dataset["categories"]}
+    with_gt = {a["category_id"] for a in gt.dataset["annotations"]}
+    for cat_id in [1, 3, 18, 62, next(c for c in names if c not in with_gt)]:
+        evaluator = COCOeval(gt, dt, "bbox")
+        evaluator.params.catIds = [cat_id]
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        alone = evaluator.stats[0]
+        assert got[names[cat_id]] == (None if alone == -1 else pytest.approx(100 * alone, abs=1e-10)), cat_id
 
 
 def test_eval_det_tool_on_coco_and_devkit_results(tmp_path, capsys):
     gt_file, dt_file = _random_coco(tmp_path)
     out = tmp_path / "m.json"
     assert run_cli(eval_det.main, ["--annotations", str(gt_file), "--results", str(dt_file), "--json", str(out)]) == 0
-    assert set(json.loads(out.read_text())) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    body = json.loads(out.read_text())
+    assert set(body) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+                         "per_class"}
+    assert set(body["per_class"]) == {"c1", "c3", "c7"}
     assert run_cli(eval_det.main, ["--annotations", str(gt_file), "--results", str(dt_file), "--metric", "voc07",
                                    "--json", str(out), "--output", str(tmp_path / "plots")]) == 0
     voc = json.loads(out.read_text())

@@ -21,6 +21,9 @@ from engine.cli import run_cli
 from engine.config import load_config
 from engine.distributed import init_distributed
 from engine.errors import UserError
+from engine.logs import get_logger
+
+log = get_logger()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,10 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, arch = load_classifier(path)
         label = args.labels[i] if args.labels else arch
         results[label] = response_stds(model.to(dist.device), islice(loader, args.batches), dist.device)
-        print(f"{label}: {len(results[label])} layers, mean std {sum(results[label]) / len(results[label]):.3f}")
+        log.info(f"{label}: {len(results[label])} layers, mean std {sum(results[label]) / len(results[label]):.3f}")
     out = plot_responses(results, args.output)
     Path(out).with_suffix(".json").write_text(json.dumps(results, indent=1), encoding="utf-8")
-    print(f"wrote {out}")
+    log.info(f"wrote {out}")
     return 0
 
 

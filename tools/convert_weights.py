@@ -33,6 +33,9 @@ from engine.checkpoint import save_checkpoint
 from engine.cli import run_cli
 from engine.config import load_config, parse_key_values
 from engine.errors import UserError
+from engine.logs import get_logger
+
+log = get_logger()
 
 
 def read_class_names(value: str | None) -> list[str] | None:
@@ -97,9 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     weights = backbones.read_weights(args.src, expect=args.source)
     if weights.format == "detectron2" and weights.extra:
-        print(convert_detector(args, weights))
+        log.info(convert_detector(args, weights))
     else:
-        print(convert_classifier(args, weights))
+        log.info(convert_classifier(args, weights))
     return 0
 
 

@@ -28,12 +28,15 @@ import train_det
 
 from engine.cli import run_cli
 from engine.errors import UserError
+from engine.logs import get_logger
+
+log = get_logger()
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 
 
 def step(title: str, tool, argv: list[str], timings: dict[str, float]) -> None:
-    print(f"\n== {title}: {tool.__name__}.py {' '.join(argv)}", flush=True)
+    log.info(f"\n== {title}: {tool.__name__}.py {' '.join(argv)}")
     start = time.perf_counter()
     code = tool.main(argv)
     timings[title] = time.perf_counter() - start
@@ -109,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.compare_scratch:
         step("detector from scratch", train_det, [*det_args, "--output", str(out / "detector_scratch")], timings)
     path = report(out, timings, args.compare_scratch)
-    print(f"\nreport: {path}  (total {sum(timings.values()) / 60:.1f} min)")
+    log.info(f"\nreport: {path}  (total {sum(timings.values()) / 60:.1f} min)")
     return 0
 
 

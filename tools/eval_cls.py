@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Top-1 / top-5 error of a classifier: centre crop, 10-crop or multi-scale fully-convolutional testing.
 
+    python tools/eval_cls.py --weights runs/r50/model_final.pth     # the test set and transform it recorded
     python tools/eval_cls.py --weights runs/r50/model_final.pth --dataset imagenet --data /data/imagenet --ten-crop
     python tools/eval_cls.py --arch resnet50 --weights resnet50-torchvision.pth --dataset imagenet \
         --data /data/imagenet --multi-scale --json r50.json
@@ -14,11 +15,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import backbones
 from classification.evaluate import evaluate, load_classifier
 from classification.train import DEFAULTS, OPEN_KEYS, eval_loader
 from engine.cli import run_cli
 from engine.config import load_config, parse_key_values
 from engine.distributed import init_distributed
+from engine.errors import UserError
+from engine.logs import get_logger
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,33 +31,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--weights", required=True, help="model_final.pth, a training checkpoint or a state dict")
     parser.add_argument("--arch", help="registry name (read from our checkpoints when omitted)")
     parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--dataset", required=True, choices=["imagenet", "cifar10", "synthetic"])
-    parser.add_argument("--data", help="dataset root")
+    parser.add_argument("--dataset", choices=["imagenet", "cifar10", "synthetic"],
+                        help="default: the one train_cls.py recorded in the weights")
+    parser.add_argument("--data", help="dataset root (default: recorded in the weights)")
     parser.add_argument("--split", help="split to evaluate (default: val for ImageNet, test for CIFAR-10)")
     views = parser.add_mutually_exclusive_group()
     views.add_argument("--ten-crop", action="store_true")
     views.add_argument("--multi-scale", action="store_true", help="shorter sides 224, 256, 384, 480, 640")
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="write the metrics to this file")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="data config overrides (see train_cls)")
     args = parser.parse_intermixed_args(argv)
 
-    flags = [f"data.dataset={args.dataset}", f"data.workers={args.workers}", f"train.device={args.device}"]
-    if args.data:
-        flags.append(f"data.root={args.data}")
-    cfg = load_config(DEFAULTS, None, [*flags, *args.overrides], open_keys=OPEN_KEYS)
+    weights = backbones.read_weights(args.weights)
+    recorded = weights.record.get("test", {}).get("data")
+    if args.dataset is None and recorded is None:
+        raise UserError(f"{args.weights}: records no test set (not a train_cls.py checkpoint); give --dataset")
+    given = (("data", f"the test data recorded in {args.weights}", recorded),
+             ("data.dataset", "--dataset", args.dataset), ("data.root", "--data", args.data),
+             ("data.workers", "--workers", args.workers), ("train.device", "--device", args.device))
+    flags = {key: (flag, value) for key, flag, value in given if value is not None}
+    cfg = load_config(DEFAULTS, None, args.overrides, open_keys=OPEN_KEYS, flags=flags)
     dist = init_distributed(args.device)
-    model, arch = load_classifier(args.weights, args.arch, parse_key_values(args.option))
+    model, arch = load_classifier(weights, args.arch, parse_key_values(args.option))
     mode = "ten_crop" if args.ten_crop else "multi_scale" if args.multi_scale else "center"
     loader = eval_loader(cfg, dist, mode, args.split, args.batch_size)
     metrics = evaluate(model.to(dist.device), loader, dist.device, mode, progress=True)
     metrics.update(arch=arch, mode=mode, weights=str(args.weights))
     if dist.is_main:
-        print(f"{arch} ({mode}): top-1 error {metrics['error']:.2f}%  top-5 error {metrics['top5_error']:.2f}%  "
-              f"on {metrics['count']} images")
+        get_logger().info(f"{arch} ({mode}): top-1 error {metrics['error']:.2f}%  top-5 error "
+                          f"{metrics['top5_error']:.2f}%  on {metrics['count']} images")
         if args.json:
             Path(args.json).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     return 0

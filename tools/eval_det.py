@@ -3,6 +3,10 @@
 
     # a COCO results file alone
     python tools/eval_det.py --annotations instances_val2017.json --results dets.json --metric coco
+    # a trained detector on your own COCO json, or on your own VOC-layout folder (classes from the checkpoint)
+    python tools/eval_det.py --checkpoint runs/mine/model_best.pth --annotations data/val.json --images data/images
+    python tools/eval_det.py --checkpoint runs/raccoon/model_final.pth --dataset voc --data data/raccoon \
+        --split test --metric voc12 coco
     # devkit-format results (comp4_det_test_<class>.txt) on VOC2007 test
     python tools/eval_det.py --dataset voc07 --data VOCdevkit --split test --results results/ --metric voc07
     # VOC metrics on a COCO-format set
@@ -23,30 +27,39 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from detection.build import load_detector
-from detection.data.catalog import DATASETS, build_detection_dataset
-from detection.data.coco import CocoDetection
+from detection.data.catalog import DATASETS, build_detection_dataset, parse_class_names
 from detection.evaluation.coco import BACKENDS, detections_to_coco_results, read_coco_results, write_coco_results
 from detection.evaluation.evaluator import (
     DETECTION_METRICS,
     coco_results_to_detections,
+    per_class_report,
     summary_line,
     write_metrics_json,
 )
-from detection.evaluation.plots import per_class_table
 from detection.evaluation.voc import read_voc_results, write_voc_results
 from detection.inference import default_metrics, run_inference, score
 from engine.cli import run_cli
 from engine.distributed import init_distributed
 from engine.errors import UserError
+from engine.logs import get_logger
+
+log = get_logger()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--annotations", help="COCO-format ground truth json (instead of --dataset/--data)")
+    parser.add_argument("--annotations", "--val-ann", dest="annotations",
+                        help="a COCO-format json (any name) instead of --dataset/--data")
+    parser.add_argument("--images", "--val-images", dest="images",
+                        help="the image folder of --annotations (default: the json's folder)")
     parser.add_argument("--dataset", choices=DATASETS)
-    parser.add_argument("--data", help="dataset root (COCO/shapes: with annotations/; VOC: the VOCdevkit folder)")
-    parser.add_argument("--split", help="default: the dataset's test split (val2017, val, test)")
+    parser.add_argument("--data", help="dataset root (COCO: with annotations/; VOC: the VOCdevkit or your folder)")
+    parser.add_argument("--split", help="default: the dataset's test split (val2017, val, test); for --dataset voc "
+                        "also a list file")
+    parser.add_argument("--classes", help="--dataset voc: a,b,c or a file (default: the checkpoint's classes)")
+    parser.add_argument("--ignore-unknown-classes", action="store_true",
+                        help="skip (and count) annotated objects of other classes instead of stopping")
     parser.add_argument("--checkpoint", help="a train_det.py model_final.pth or checkpoint: run it on the dataset")
     parser.add_argument("--results", help="COCO results json, or a folder of devkit files (instead of --checkpoint)")
     parser.add_argument("--metric", choices=DETECTION_METRICS, nargs="+", default=None,
@@ -63,23 +76,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
 
-    if args.checkpoint and args.annotations:
-        raise UserError("--checkpoint runs on --dataset/--data; --annotations is for scoring a results file")
-    if args.annotations:
-        dataset = CocoDetection(args.annotations, None)
-    elif args.dataset and args.data:
-        if args.no_eval and not (args.checkpoint and args.output):
-            raise UserError("--no-eval writes the detections of --checkpoint to --output: give both")
-        dataset = build_detection_dataset(args.dataset, args.data, args.split, annotated=not args.no_eval)
-    else:
-        raise UserError("give --annotations GT.json, or --dataset and --data")
     if bool(args.checkpoint) == bool(args.results):
         raise UserError("give exactly one of --checkpoint (run a detector) and --results (score a file)")
-    records, names = dataset.ground_truth(), dataset.class_names
-    metrics = args.metric or (default_metrics(args.dataset) if args.checkpoint else ["coco"])
-    dist = init_distributed(args.device)
+    if not (args.annotations or (args.dataset and args.data)):
+        raise UserError("give --annotations GT.json, or --dataset and --data")
+    if args.no_eval and not (args.checkpoint and args.output):
+        raise UserError("--no-eval writes the detections of --checkpoint to --output: give both")
+    model, class_names = None, None
     if args.checkpoint:
         model, _, class_names = load_detector(args.checkpoint)
+    data = {"dataset": args.dataset or "coco", "root": args.data, "val_split": args.split,
+            "val_ann": args.annotations, "val_images": args.images, "classes": parse_class_names(args.classes),
+            "ignore_unknown_classes": args.ignore_unknown_classes}
+    dataset = build_detection_dataset(data, train=False, class_names=class_names, annotated=not args.no_eval)
+    records, names = dataset.ground_truth(), dataset.class_names
+    metrics = args.metric or (default_metrics(data["dataset"]) if args.checkpoint else ["coco"])
+    dist = init_distributed(args.device)
+    if model is not None:
         if list(class_names) != list(names):
             raise UserError(f"{args.checkpoint}: trained for classes {', '.join(class_names)}, but the dataset has "
                             f"{', '.join(names)}")
@@ -92,8 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                           Path(args.output) / "coco_results.json")]
         if args.no_eval:
             if dist.is_main:
-                print(f"{len(detections)} images, {sum(len(d['scores']) for d in detections.values())} detections "
-                      f"-> {len(written)} results file(s) in {args.output}")
+                log.info(f"{len(detections)} images, {sum(len(d['scores']) for d in detections.values())} "
+                         f"detections -> {len(written)} results file(s) in {args.output}")
             return 0
     else:
         detections = load_results(Path(args.results), dataset, args.split)
@@ -101,9 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     results = score(detections, dataset, metrics, args.output, args.backend)
     for metric, result in results.items():
-        if metric != "coco":
-            print(per_class_table(result["per_class"], result["mAP"]))
-        print(summary_line(metric, result))
+        log.info(f"{metric} per class:\n{per_class_report(metric, result)}")
+        log.info(f"{metric}: {summary_line(metric, result)}")
     if args.json:
         write_metrics_json(args.json, results)
     return 0

@@ -31,6 +31,9 @@ from engine.config import parse_key_values
 from engine.errors import UserError
 from engine.export import FORMATS, export_model, onnx_max_differences
 from engine.images import load_rgb
+from engine.logs import get_logger
+
+log = get_logger()
 
 TOLERANCE = {"logits": 1e-4, "scores": 1e-4, "boxes": 1e-3, "labels": 0.0}
 
@@ -82,12 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = arch
     path = export_model(model, example, args.output, args.format, dynamic_shapes=shapes, input_names=names,
                         output_names=outputs)
-    print(f"{what} -> {path} ({args.format})")
+    log.info(f"{what} -> {path} ({args.format})")
     if args.format == "onnx" and not args.no_check:
         for inputs, diffs in zip((example, other), onnx_max_differences(path, model, [example, other], names),
                                  strict=True):
             shown = ", ".join(f"{k} {v:.1e}" for k, v in diffs.items() if k != "count")
-            print(f"onnxruntime vs PyTorch on {tuple(inputs[0].shape)}: {int(diffs.pop('count'))} outputs in the "
+            log.info(f"onnxruntime vs PyTorch on {tuple(inputs[0].shape)}: {int(diffs.pop('count'))} outputs in the "
                   f"first tensor; max |difference| {shown}")
             bad = [k for k, v in diffs.items() if not v <= TOLERANCE[k]]
             if bad:

@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from detection.data.shapes import make_crops, make_shapes
 from engine.cli import run_cli
 from engine.errors import UserError
+from engine.logs import get_logger
+
+log = get_logger()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,10 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     files = make_shapes(args.out, args.num_train, args.num_val, args.seed, min_side=args.min_side,
                         max_side=args.max_side)
     for split, path in files.items():
-        print(f"{split}: {path}")
+        log.info(f"{split}: {path}")
     if args.crops:
         counts = make_crops(args.out, args.crops)
-        print(f"crops: {args.crops} ({counts['train']} train, {counts['val']} val)")
+        log.info(f"crops: {args.crops} ({counts['train']} train, {counts['val']} val)")
     return 0
 
 

@@ -13,7 +13,10 @@ from pathlib import Path
 
 from engine.cli import run_cli
 from engine.errors import UserError
+from engine.logs import get_logger
 from engine.metrics import METRICS_FILE, plot_curves, read_metrics
+
+log = get_logger()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -36,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs[label] = records
     out = plot_curves(runs, args.output, key=args.key, ylabel=f"{args.key} (%)" if "error" in args.key else args.key,
                       title=args.title)
-    print(f"wrote {out}")
+    log.info(f"wrote {out}")
     return 0
 
 

@@ -1,67 +1,163 @@
 #!/usr/bin/env python
-"""Run a trained detector on an image or a folder of images: boxes drawn (PNG) and one JSON per image.
+"""Run a trained detector on images and videos: boxes drawn, a COCO-format results file, JSON lines for videos.
 
-    python tools/predict.py --checkpoint runs/det/model_final.pth --input photos/ --output preds/ --score-thresh 0.5
+    python tools/predict.py --checkpoint runs/det/model_final.pth --input photos/ --output preds/
+    python tools/predict.py --checkpoint runs/det/model_best.pth --input "shots/**/*.jpg" --output preds/ \
+        --batch-size 8 --device cuda --amp bf16
+    python tools/predict.py --checkpoint runs/det/model_final.pth --input clip.mp4 --output preds/
+
+--input is an image, a folder (searched recursively), a glob pattern (quote it) or a video file. Every image is
+drawn at the same relative path and in the same format under --output (a.jpg and a.png stay two files);
+`results.json` holds the detections of all images in COCO results format (bbox as x, y, width, height;
+image_id numbers the images in order and file_name names them). A video becomes the annotated video of the
+same name and `<name>.jsonl`, one JSON line of detections per frame. Detections below --score-thresh are
+neither drawn nor written.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
+import itertools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-import torch
+import cv2
+import numpy as np
 from tqdm import tqdm
 
-from detection.build import load_detector
-from detection.data.common import load_image, to_tensors
+from detection.evaluation.coco import detections_to_coco_results, write_coco_results
+from detection.predictor import Predictor
 from detection.visualize import draw_detections, save_image
 from engine.cli import run_cli
-from engine.distributed import resolve_device
 from engine.errors import UserError
-from engine.images import IMAGE_EXTENSIONS
+from engine.images import IMAGE_EXTENSIONS, load_rgb
+from engine.logs import get_logger
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
+# the codec each container is written with by opencv
+FOURCC = {".avi": "MJPG", ".mkv": "XVID", ".webm": "VP80", ".mpg": "MPG1", ".mpeg": "MPG1", ".wmv": "WMV2"}
+log = get_logger()
+
+
+def find_inputs(spec: str) -> tuple[Path, list[Path]]:
+    """(the folder output names are relative to, the image and video files) of a file, folder or glob."""
+    wanted = (*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS)
+    path = Path(spec)
+    if glob.has_magic(spec):
+        fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), path.parts))
+        files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file())
+        root = Path(*fixed) if fixed else Path(".")
+    elif path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in wanted)
+        root = path
+    elif path.is_file():
+        files, root = [path], path.parent
+    else:
+        raise UserError(f"{spec}: no such image, video, folder or pattern")
+    files = [f for f in files if f.suffix.lower() in wanted]
+    if not files:
+        raise UserError(f"{spec}: no images or videos ({', '.join(wanted)})")
+    return root, files
+
+
+def detections_json(result: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"box": [round(float(v), 2) for v in box], "score": round(float(score), 4), "label": int(label),
+             "class": name} for box, score, label, name in zip(result["boxes"], result["scores"], result["labels"],
+                                                                result["names"], strict=True)]
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def predict_video(predictor: Predictor, source: Path, target: Path, batch_size: int, show_progress: bool) -> int:
+    """Annotated copy of a video (same name and container) and `<name>.jsonl`; returns the frame count."""
+    capture = cv2.VideoCapture(str(source))
+    if not capture.isOpened():
+        raise UserError(f"{source}: cannot open the video")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    writer, index = None, 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".jsonl"), "w", encoding="utf-8") as lines, \
+            tqdm(total=total, desc=source.name, unit="frame", disable=not show_progress) as bar:
+        done = False
+        while not done:
+            frames = []
+            while len(frames) < batch_size:
+                ok, frame = capture.read()
+                if not ok:
+                    done = True
+                    break
+                frames.append(np.ascontiguousarray(frame[:, :, ::-1]))
+            for frame, result in zip(frames, predictor.predict(frames), strict=True):
+                if writer is None:
+                    fourcc = cv2.VideoWriter_fourcc(*FOURCC.get(source.suffix.lower(), "mp4v"))
+                    writer = cv2.VideoWriter(str(target), fourcc, fps, (frame.shape[1], frame.shape[0]))
+                    if not writer.isOpened():
+                        raise UserError(f"{target}: opencv cannot write this video format")
+                drawn = draw_detections(frame, result["boxes"], result["labels"], result["scores"],
+                                        predictor.class_names, 0.0)
+                writer.write(np.ascontiguousarray(drawn[:, :, ::-1]))
+                lines.write(json.dumps({"frame": index, "time": round(index / fps, 3),
+                                        "detections": detections_json(result)}) + "\n")
+                index += 1
+                bar.update(1)
+    capture.release()
+    if writer is not None:
+        writer.release()
+    return index
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="model_final.pth of train_det.py")
-    parser.add_argument("--input", required=True, help="an image file or a folder of images")
-    parser.add_argument("--output", required=True, help="folder for <name>.png and <name>.json")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--checkpoint", required=True, help="a detector trained by train_det.py (model_final.pth, "
+                        "model_best.pth) or converted by convert_weights.py")
+    parser.add_argument("--input", required=True, help="an image, a folder (recursive), a glob pattern or a video")
+    parser.add_argument("--output", required=True, help="folder for the drawn images, results.json and videos")
     parser.add_argument("--score-thresh", type=float, default=0.5, help="drawn and written detections (default 0.5)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images (or video frames) per forward pass")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    source = Path(args.input)
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    elif source.is_file():
-        files = [source]
-    else:
-        raise UserError(f"{source}: no such image or folder")
-    if not files:
-        raise UserError(f"{source}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-    device = resolve_device(args.device)
-    model, _, class_names = load_detector(args.checkpoint)
-    model.to(device).eval()
+    root, files = find_inputs(args.input)
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(files, desc="predict", disable=len(files) < 2):
-        image = load_image(path)
-        tensor, _ = to_tensors(image, {"boxes": [], "labels": []})
-        with torch.no_grad():
-            det = {k: v.cpu().numpy() for k, v in model([tensor.to(device)])[0].items()}
-        keep = det["scores"] >= args.score_thresh
-        boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]
-        save_image(draw_detections(image, boxes, labels, scores, class_names, args.score_thresh),
-                   out / f"{path.stem}.png")
-        record = {"image": str(path), "width": int(image.shape[1]), "height": int(image.shape[0]),
-                  "detections": [{"box": [round(float(v), 2) for v in b], "score": round(float(s), 4),
-                                  "label": int(lab), "class": class_names[int(lab) - 1]}
-                                 for b, s, lab in zip(boxes, scores, labels, strict=True)]}
-        (out / f"{path.stem}.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
-    print(f"{len(files)} image(s) -> {out}")
+    targets = {f: out / f.relative_to(root) if f.is_relative_to(root) else out / f.name for f in files}
+    clash = next((f for f, t in targets.items() if t.resolve() in {g.resolve() for g in files}), None)
+    if clash is not None:
+        raise UserError(f"{args.output}: writing there would overwrite the input {clash}; choose another --output")
+    predictor = Predictor(args.checkpoint, args.device, args.score_thresh, args.amp)
+    images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
+    videos = [f for f in files if f.suffix.lower() in VIDEO_EXTENSIONS]
+    detections: dict[int, dict[str, Any]] = {}
+    with tqdm(total=len(images), desc="predict", unit="img", disable=args.no_progress or len(images) < 2) as bar:
+        for group in batches(images, args.batch_size):
+            pictures = [np.asarray(load_rgb(f)) for f in group]
+            for path, picture, result in zip(group, pictures, predictor.predict(pictures), strict=True):
+                save_image(draw_detections(picture, result["boxes"], result["labels"], result["scores"],
+                                           predictor.class_names, 0.0), targets[path])
+                detections[len(detections) + 1] = result
+                bar.update(1)
+    if images:
+        category_ids = predictor.category_ids
+        results = detections_to_coco_results(
+            detections, dict(enumerate(category_ids, start=1)) if category_ids else None)
+        names = {i: str(f.relative_to(root) if f.is_relative_to(root) else f.name) for i, f in enumerate(images, 1)}
+        for entry in results:
+            entry["file_name"] = names[entry["image_id"]]
+        write_coco_results(results, out / "results.json")
+        log.info(f"{len(images)} image(s), {len(results)} detections -> {out} (results.json)")
+    for video in videos:
+        frames = predict_video(predictor, video, targets[video], args.batch_size, not args.no_progress)
+        log.info(f"{video}: {frames} frames -> {targets[video]} and {targets[video].with_suffix('.jsonl')}")
     return 0
 
 

@@ -13,9 +13,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from classification.train import DEFAULTS, OPEN_KEYS, train_classifier
-from engine.cli import run_cli
-from engine.config import load_config
+from classification.train import DEFAULTS, OPEN_KEYS, RESUME_MAY_CHANGE, train_classifier
+from engine.cli import run_cli, run_config
+from engine.logs import get_logger
 
 # flag -> config key; given flags override the recipe, `key=value` arguments override both
 FLAG_KEYS = {
@@ -23,7 +23,8 @@ FLAG_KEYS = {
     "workers": "data.workers", "max_iter": "solver.max_iter", "epochs": "solver.epochs",
     "batch_size": "solver.batch_size", "accumulate": "solver.accumulate", "lr": "solver.lr",
     "device": "train.device", "amp": "train.amp", "eval_period": "train.eval_period",
-    "recompute_bn": "train.recompute_bn", "seed": "train.seed",
+    "recompute_bn": "train.recompute_bn", "seed": "train.seed", "channels_last": "train.channels_last",
+    "compile": "train.compile", "skip_bad_images": "data.skip_bad_images", "progress": "train.progress",
 }
 
 
@@ -31,7 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--config", help="YAML recipe (configs/classification/*.yaml)")
-    parser.add_argument("--output", required=True, help="run directory (checkpoints, metrics, plots)")
+    parser.add_argument("--output", required=True,
+                        help="run folder: checkpoints, metrics, plots (must not hold another run unless --resume)")
     parser.add_argument("--arch")
     parser.add_argument("--dataset", choices=["imagenet", "cifar10", "synthetic"])
     parser.add_argument("--data", help="dataset root (ImageNet: with train/ and val/; CIFAR: cifar-10-batches-py)")
@@ -43,29 +45,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--device", help="auto, cpu, cuda")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"])
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--channels-last", action="store_true", default=None)
+    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument("--workers", type=int)
     parser.add_argument("--eval-period", type=int)
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--skip-bad-images", action="store_true", help="warn and count unreadable images")
+    parser.add_argument("--skip-bad-images", action="store_true", default=None, help="warn and count unreadable images")
     parser.add_argument("--recompute-bn", type=int, metavar="N", help="re-estimate BN statistics on N batches")
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
-                        help="continue from the output's last checkpoint (or CKPT)")
-    parser.add_argument("--no-progress", action="store_true")
+                        help="continue the run in --output (with its saved config) from its last checkpoint, or CKPT")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="plain periodic lines instead of a progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. solver.lr=0.05")
     args = parser.parse_intermixed_args(argv)
 
-    flags = [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
-    flags += [f"{key}=true" for flag, key in (("channels_last", "train.channels_last"), ("compile", "train.compile"),
-                                              ("skip_bad_images", "data.skip_bad_images")) if getattr(args, flag)]
-    if args.no_progress:
-        flags.append("train.progress=false")
-    cfg = load_config(DEFAULTS, args.config, [*flags, *args.overrides], open_keys=OPEN_KEYS)
+    cfg = run_config(DEFAULTS, args, FLAG_KEYS, OPEN_KEYS, RESUME_MAY_CHANGE)
     metrics = train_classifier(cfg, args.output, resume=args.resume)
-    print(f"final: top-1 error {metrics['error']:.2f}%  top-5 error {metrics['top5_error']:.2f}%  "
-          f"({metrics['count']} images) -> {args.output}/model_final.pth")
+    get_logger().info(f"final: top-1 error {metrics['error']:.2f}%  top-5 error {metrics['top5_error']:.2f}%  "
+                      f"({metrics['count']} images) -> {args.output}/model_final.pth")
     return 0
 
 

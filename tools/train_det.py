@@ -1,10 +1,19 @@
 #!/usr/bin/env python
-"""Train a Faster R-CNN detector (ResNet C4 or VGG-16) on COCO, PASCAL VOC or the synthetic shapes set.
+"""Train a Faster R-CNN detector (ResNet C4 or VGG-16) on COCO, PASCAL VOC, your own data or the shapes set.
 
-    python tools/train_det.py --backbone resnet101 --dataset coco --data /data/coco \
-        --weights runs/r101/model_final.pth --config configs/detection/coco_R101_C4.yaml --output runs/det
-    torchrun --nproc_per_node 8 tools/train_det.py --config configs/detection/voc0712_R101_C4.yaml \
-        --data /data/VOCdevkit --weights resnet101-torchvision.pth --output runs/voc
+    # the paper's recipes on the public sets
+    python tools/train_det.py --config configs/detection/voc0712_R101_C4.yaml --data /data/VOCdevkit \
+        --weights runs/r101/model_final.pth --output runs/voc
+    torchrun --nproc_per_node 8 tools/train_det.py --config configs/detection/coco_R101_C4.yaml \
+        --data /data/coco --weights resnet101-torchvision.pth --output runs/coco --amp bf16
+    # your own COCO json (any names; images default to the json's folder) or VOC-layout folder
+    python tools/train_det.py --dataset coco --train-ann data/train.json --train-images data/images \
+        --val-ann data/val.json --val-images data/images --weights r50.pth --backbone resnet50 --output runs/mine
+    python tools/train_det.py --dataset voc --data data/raccoon --classes raccoon --train-split train \
+        --val-split test --weights r50.pth --backbone resnet50 --eval-period 500 --output runs/raccoon
+    # fine-tune a trained detector on other classes; continue a run where it stopped
+    python tools/train_det.py ... --weights runs/coco/model_final.pth --output runs/finetuned
+    python tools/train_det.py --output runs/raccoon --resume
 """
 
 from __future__ import annotations
@@ -13,49 +22,66 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from detection.data.catalog import DATASETS
+from detection.data.catalog import DATASETS, parse_class_names
 from detection.inference import flat_metrics
-from detection.train import DEFAULTS, OPEN_KEYS, train_detector
-from engine.cli import run_cli
-from engine.config import load_config
+from detection.train import DEFAULTS, OPEN_KEYS, RESUME_MAY_CHANGE, train_detector
+from engine.cli import run_cli, run_config
+from engine.logs import get_logger
 
 FLAG_KEYS = {"backbone": "model.backbone", "weights": "model.weights", "dataset": "data.dataset",
-             "data": "data.root", "workers": "data.workers", "max_iter": "solver.max_iter",
-             "ims_per_batch": "solver.ims_per_batch", "accumulate": "solver.accumulate", "lr": "solver.lr",
-             "device": "train.device", "amp": "train.amp", "eval_period": "train.eval_period", "seed": "train.seed"}
+             "data": "data.root", "train_ann": "data.train_ann", "train_images": "data.train_images",
+             "val_ann": "data.val_ann", "val_images": "data.val_images", "train_split": "data.train_split",
+             "val_split": "data.val_split", "classes": "data.classes",
+             "ignore_unknown_classes": "data.ignore_unknown_classes", "workers": "data.workers",
+             "max_iter": "solver.max_iter", "ims_per_batch": "solver.ims_per_batch", "accumulate": "solver.accumulate",
+             "lr": "solver.lr", "device": "train.device", "amp": "train.amp", "eval_period": "train.eval_period",
+             "seed": "train.seed", "progress": "train.progress"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--config", help="YAML recipe (configs/detection/*.yaml)")
-    parser.add_argument("--output", required=True, help="run directory")
+    parser.add_argument("--output", required=True, help="run folder (must not hold another run unless --resume)")
     parser.add_argument("--backbone", help="registry name: resnet18..152, plain18/34, vgg16/19")
-    parser.add_argument("--dataset", choices=DATASETS)
-    parser.add_argument("--data", help="COCO/shapes root (annotations/, <split>/) or the VOCdevkit folder")
-    parser.add_argument("--weights", help="ImageNet weights: a train_cls.py model_final.pth or a torchvision file")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, help="coco: a COCO json; voc: a VOC-layout folder of your own")
+    data.add_argument("--data", help="COCO root (annotations/, <split>/), a VOC-layout folder or the VOCdevkit")
+    data.add_argument("--train-ann", help="COCO json of the training set (any name)")
+    data.add_argument("--train-images", help="its image folder (default: the json's folder)")
+    data.add_argument("--val-ann", help="COCO json of the evaluation set")
+    data.add_argument("--val-images", help="its image folder (default: the json's folder)")
+    data.add_argument("--train-split", help="image list: a name in ImageSets/Main/ or a file (default trainval)")
+    data.add_argument("--val-split", help="image list for evaluation (default test)")
+    data.add_argument("--classes", help="VOC-layout data: a,b,c or a file with one name per line "
+                      "(default: the classes its training annotations use)")
+    data.add_argument("--ignore-unknown-classes", action="store_true", default=None,
+                      help="skip (and count) objects of other classes instead of stopping")
+    data.add_argument("--workers", type=int)
+    parser.add_argument("--weights", help="initialisation: ImageNet classifier weights (train_cls.py model_final.pth, "
+                        "torchvision, timm, MSRA), or a whole detector (model_final.pth / model_best.pth of "
+                        "train_det.py, detectron2 C4) to fine-tune")
     parser.add_argument("--max-iter", type=int)
     parser.add_argument("--ims-per-batch", type=int, help="images per iteration over all processes")
     parser.add_argument("--accumulate", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--device")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"])
-    parser.add_argument("--workers", type=int)
-    parser.add_argument("--eval-period", type=int)
+    parser.add_argument("--eval-period", type=int, help="evaluate every N iterations and keep model_best.pth")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
+                        help="continue the run in --output (with its saved config) from its last checkpoint, or CKPT")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                        help="plain periodic lines instead of a progress bar")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. model.roi.batch_size_per_image=64")
     args = parser.parse_intermixed_args(argv)
-    flags = [f"{key}={getattr(args, flag)}" for flag, key in FLAG_KEYS.items() if getattr(args, flag) is not None]
-    if args.no_progress:
-        flags.append("train.progress=false")
-    cfg = load_config(DEFAULTS, args.config, [*flags, *args.overrides], open_keys=OPEN_KEYS)
+    args.classes = parse_class_names(args.classes)
+    cfg = run_config(DEFAULTS, args, FLAG_KEYS, OPEN_KEYS, RESUME_MAY_CHANGE)
     results = train_detector(cfg, args.output, resume=args.resume)
     shown = "  ".join(f"{k} {v:.2f}" for k, v in flat_metrics(results).items()
                       if k.endswith(("mAP", "_AP", "_AP50")))
-    print(f"final: {shown} -> {args.output}/model_final.pth")
+    get_logger().info(f"final: {shown or 'no evaluation'} -> {args.output}/model_final.pth")
     return 0
 
 

@@ -1,40 +1,103 @@
-"""Dataset names the tools accept, and where each keeps its files under `--data DIR`."""
+"""Dataset names the tools accept, where each keeps its files, and the one function that builds a training or
+evaluation set from the `data` section of a config (`detection.train.DEFAULTS["data"]`).
+
+- `coco` / `shapes`: a COCO-format json and its image folder: `data.train_ann` / `data.val_ann` (any file
+  names; images in `data.train_images` / `data.val_images`, by default the json's own folder), or under
+  `data.root` the COCO layout `annotations/instances_<split>.json` with images in `<split>/`.
+- `voc`: a VOC-layout folder of one's own (`data.root`, classes from `data.classes` or its annotations).
+- `voc07`, `voc12`, `voc0712`, `voc07++12`: the PASCAL VOC named sets in a VOCdevkit folder (`data.root`).
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from detection.data.coco import CocoDetection
 from detection.data.common import DetectionDataset
-from detection.data.voc import VOC_SETS, VOCDetection
+from detection.data.voc import CUSTOM_VOC, VOC_SETS, VOCDetection
 from engine.errors import UserError
 
-DATASETS = ("coco", "shapes", *VOC_SETS)
-DEFAULT_SPLITS = {"coco": ("train2017", "val2017"), "shapes": ("train", "val"), "voc07": ("trainval", "test"),
-                  "voc12": ("trainval", "val"), "voc0712": ("trainval", "test"), "voc07++12": ("trainval", "test")}
+DATASETS = ("coco", "shapes", CUSTOM_VOC, *VOC_SETS)
+DEFAULT_SPLITS = {"coco": ("train2017", "val2017"), "shapes": ("train", "val"), CUSTOM_VOC: ("trainval", "test"),
+                  "voc07": ("trainval", "test"), "voc12": ("trainval", "val"), "voc0712": ("trainval", "test"),
+                  "voc07++12": ("trainval", "test")}
 
 
-def build_detection_dataset(name: str, root: str | os.PathLike, split: str | None = None, *,
-                            transform: Callable | None = None, train: bool = False,
-                            keep_empty: bool = False, annotated: bool = True) -> DetectionDataset:
-    """`coco` / `shapes`: `root/annotations/instances_<split>.json` with images in `root/<split>/`;
-    VOC sets: `root` is the VOCdevkit folder. `split` defaults to the set's train or test split. Training
-    sets skip COCO-format images without objects unless `keep_empty`. `annotated=False`: a VOC split whose
-    annotations are not public (COCO's test-dev image-info json needs no flag)."""
+def parse_class_names(value: str | Sequence[str] | None) -> list[str] | None:
+    """`--classes`: `a,b,c`, or a text file with one name per line (a list passes through)."""
+    if value is None or isinstance(value, (list, tuple)):
+        return None if value is None else [str(v) for v in value]
+    if Path(value).is_file():
+        names = [line.strip() for line in Path(value).read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names or len(set(names)) != len(names):
+        raise UserError(f"--classes {value!r}: give distinct names, as a,b,c or a file with one name per line")
+    return names
+
+
+def build_detection_dataset(data: Mapping[str, Any], *, train: bool, transform: Callable | None = None,
+                            split: str | None = None, class_names: Sequence[str] | None = None,
+                            annotated: bool = True, optional: bool = False) -> DetectionDataset | None:
+    """The training (`train=True`) or evaluation set that `data` describes (see the module docstring).
+
+    `split` overrides the config's split; `class_names` (the training set's) must be the evaluation set's too.
+    Training sets skip COCO-format images without objects unless `data.keep_empty`. `annotated=False`: a VOC
+    split whose annotations are not public. `optional=True`: None instead of an error when the evaluation set
+    was not named and its default (e.g. `ImageSets/Main/test.txt`) does not exist.
+    """
+    name, role = data["dataset"], "train" if train else "val"
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; valid: {', '.join(DATASETS)}")
-    root = Path(root)
+    named_split = split or data.get(f"{role}_split")
+    split = named_split or DEFAULT_SPLITS[name][0 if train else 1]
+    explicit = parse_class_names(data.get("classes"))
+    wanted = explicit or (list(class_names) if class_names else None)
+    ann_file = data.get(f"{role}_ann")
+    if name in ("coco", "shapes"):
+        if ann_file:
+            images = data.get(f"{role}_images") or Path(ann_file).parent
+        else:
+            if data.get("root") is None and optional:
+                return None
+            root = _root(data)
+            ann_file = root / "annotations" / f"instances_{split}.json"
+            if not ann_file.exists() and (root / "annotations" / f"image_info_{split}.json").exists():
+                ann_file = root / "annotations" / f"image_info_{split}.json"  # test-dev: images only, no objects
+            if optional and not named_split and not ann_file.exists():
+                return None
+            images = root / split
+            if not images.is_dir() and "test-dev" in split:  # COCO keeps test-dev's images in test2017/
+                images = root / split.replace("test-dev", "test")
+        dataset = CocoDetection(ann_file, images, transform, train=train,
+                                keep_empty=bool(data.get("keep_empty")) or not train)
+        if wanted is not None and list(dataset.class_names) != wanted:
+            whose = "--classes" if explicit else "the training set"
+            raise UserError(f"{ann_file}: its categories are {', '.join(dataset.class_names)}, not those of "
+                            f"{whose} ({', '.join(wanted)})")
+        return dataset
+    if ann_file:
+        raise UserError(f"--{role}-ann is for COCO-format data; dataset {name} reads VOC XML under --data")
+    root = _root(data)
+    if optional and not named_split and name == CUSTOM_VOC and not (
+            root / "ImageSets" / "Main" / f"{split}.txt").is_file():
+        return None
+    if explicit is not None and name != CUSTOM_VOC:
+        raise UserError(f"--classes is for a VOC-layout folder of one's own (--dataset {CUSTOM_VOC}); {name} has "
+                        "the 20 PASCAL VOC classes")
+    return VOCDetection(root, name, split, transform, train=train, annotated=annotated,
+                        class_names=wanted if name == CUSTOM_VOC else None,
+                        ignore_unknown_classes=bool(data.get("ignore_unknown_classes")))
+
+
+def _root(data: Mapping[str, Any]) -> Path:
+    if data.get("root") is None:
+        hint = {"shapes": " (make one with tools/make_shapes.py)", "coco": ", or --train-ann FILE"}.get(
+            data["dataset"], "")
+        raise UserError(f"--data DIR is required for dataset {data['dataset']}{hint}")
+    root = Path(data["root"])
     if not root.is_dir():
         raise UserError(f"{root}: dataset folder not found")
-    split = split or DEFAULT_SPLITS[name][0 if train else 1]
-    if name in ("coco", "shapes"):
-        ann_file = root / "annotations" / f"instances_{split}.json"
-        if not ann_file.exists() and (root / "annotations" / f"image_info_{split}.json").exists():
-            ann_file = root / "annotations" / f"image_info_{split}.json"  # test-dev: images only, no objects
-        images = root / split
-        if not images.is_dir() and "test-dev" in split:  # COCO keeps test-dev's images in test2017/
-            images = root / split.replace("test-dev", "test")
-        return CocoDetection(ann_file, images, transform, train=train, keep_empty=keep_empty or not train)
-    return VOCDetection(root, name, split, transform, train=train, annotated=annotated)
+    return root

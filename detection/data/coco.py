@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from pycocotools.coco import COCO
 
 from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth, resolve_inside
 from engine.errors import UserError
+from engine.images import image_size
 
 # The 80 COCO detection categories in increasing category id: the contiguous class order of models trained
 # on COCO (detectron2's model zoo among them).
@@ -42,33 +45,71 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
         raise UserError(f"{path}: malformed JSON ({exc})") from None
 
 
-def read_coco_json(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse and check a COCO annotation file; problems name the file and the entry."""
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Parse and check a COCO annotation file, filling what real files often leave out, so that training and
+    pycocotools' evaluation never meet a missing key later: `info`, `licenses`, per annotation `iscrowd` (0),
+    `area` (the box's), `segmentation` ([]) and `id` (numbered when absent or repeated), per image `width` and
+    `height` (from the image's header in `image_root`). Problems name the file and the entry."""
     path = Path(path)
     data = load_json(path, "annotation file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: a COCO annotation file holds an object, got {type(data).__name__}")
     data.setdefault("annotations", [])  # image-info files of unannotated sets (COCO test-dev) have none
+    data.setdefault("info", {})
+    data.setdefault("licenses", [])
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
             raise UserError(f"{path}: missing list {key!r}")
-    required = {"images": ("id", "file_name", "width", "height"), "annotations": ("id", "image_id", "category_id",
-                                                                                  "bbox"), "categories": ("id", "name")}
+    required = {"images": ("id",), "annotations": ("image_id", "category_id", "bbox"), "categories": ("id", "name")}
     for key, fields in required.items():
         for i, entry in enumerate(data[key]):
             missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
             if missing:
                 raise UserError(f"{path}: {key}[{i}] lacks {', '.join(missing)}")
+    for key in ("images", "categories"):
+        ids = [entry["id"] for entry in data[key]]
+        bad = next((v for v in ids if not _is_int(v)), None)
+        if bad is not None:
+            raise UserError(f"{path}: {key} id {bad!r} is not an integer")
+        repeated = [v for v, n in Counter(ids).items() if n > 1]
+        if repeated:
+            raise UserError(f"{path}: {key} id {repeated[0]} appears {ids.count(repeated[0])} times")
+    for i, img in enumerate(data["images"]):
+        img.setdefault("file_name", "")
+        if not all(_is_int(img.get(k)) and img[k] > 0 for k in ("width", "height")):
+            if any(k in img for k in ("width", "height")) or image_root is None or not img["file_name"]:
+                raise UserError(f"{path}: images[{i}] (id {img['id']}) needs a positive integer width and height")
+            img["width"], img["height"] = image_size(resolve_inside(Path(image_root), img["file_name"],
+                                                                    f"{path} image {img['id']}"))
     image_ids = {img["id"] for img in data["images"]}
     cat_ids = {cat["id"] for cat in data["categories"]}
-    for ann in data["annotations"]:
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{i}]"
         if ann["category_id"] not in cat_ids:
-            raise UserError(f"{path}: annotation {ann['id']} has unknown category_id {ann['category_id']}")
+            raise UserError(f"{where} has unknown category_id {ann['category_id']!r}")
         if ann["image_id"] not in image_ids:
-            raise UserError(f"{path}: annotation {ann['id']} refers to unknown image_id {ann['image_id']}")
+            raise UserError(f"{where} refers to unknown image_id {ann['image_id']!r}")
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
-            raise UserError(f"{path}: annotation {ann['id']} has bbox {bbox!r}; expected [x, y, w, h]")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+            raise UserError(f"{where} has bbox {bbox!r}; expected [x, y, width, height], four finite numbers")
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("segmentation", [])
+        if not _is_number(ann.get("area")):
+            ann["area"] = float(max(0.0, bbox[2]) * max(0.0, bbox[3]))
+        if ann["iscrowd"] not in (0, 1):
+            raise UserError(f"{where} has iscrowd {ann['iscrowd']!r}; expected 0 or 1")
+    ann_ids = [ann.get("id") for ann in data["annotations"]]
+    if any(not _is_int(v) for v in ann_ids) or len(set(ann_ids)) != len(ann_ids):
+        for n, ann in enumerate(data["annotations"], start=1):  # pycocotools indexes annotations by id
+            ann["id"] = n
     return data
 
 
@@ -96,7 +137,7 @@ class CocoDetection(DetectionDataset):
         self.image_root = None if image_root is None else Path(image_root)  # None: annotations only
         if self.image_root is not None and not self.image_root.is_dir():
             raise UserError(f"{self.image_root}: image folder not found")
-        data = read_coco_json(self.ann_file)
+        data = read_coco_json(self.ann_file, self.image_root)
         self.coco = coco_from_dict(data)
         cats = sorted(data["categories"], key=lambda c: c["id"])
         self.class_names = [c["name"] for c in cats]

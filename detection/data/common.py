@@ -95,8 +95,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         rec = self.records[index]
         image = load_image(self.image_path(index))
         if image.shape[:2] != (rec.height, rec.width):
-            raise UserError(f"{self.image_path(index)}: image is {image.shape[1]}x{image.shape[0]} but its "
-                            f"annotation says {rec.width}x{rec.height}")
+            hint = (" (the file's EXIF orientation turns it; the annotation describes the pixels as stored, "
+                    "unrotated: re-annotate it as displayed)" if image.shape[:2] == (rec.width, rec.height) else "")
+            raise UserError(f"{self.image_path(index)}: image is {image.shape[1]}x{image.shape[0]} as displayed but "
+                            f"its annotation says {rec.width}x{rec.height}{hint}")
         keep = ~rec.ignore if self.train else np.ones(len(rec.labels), dtype=bool)
         target = {"boxes": rec.boxes[keep].astype(np.float32), "labels": rec.labels[keep], "image_id": rec.image_id}
         if self.transform is not None:

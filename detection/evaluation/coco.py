@@ -19,6 +19,7 @@ from detection.data.common import GroundTruth
 from engine.errors import UserError
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+RECALL_METRICS = ("AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
@@ -52,7 +53,8 @@ def read_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 def coco_evaluate(coco_gt: COCO, results: Sequence[Mapping[str, Any]], backend: str = "pycocotools",
                   source: str = "results") -> dict[str, float]:
-    """COCOeval bbox summary as `{"AP", "AP50", "AP75", "APs", "APm", "APl"}` in % (and the AR figures)."""
+    """COCOeval bbox summary as `{"AP", "AP50", "AP75", "APs", "APm", "APl"}` and the AR figures in % (None where
+    COCOeval has no ground truth to measure, e.g. APs without small objects), and `per_class` AP."""
     if backend not in BACKENDS:
         raise UserError(f"unknown COCO backend {backend!r}; valid: {', '.join(BACKENDS)}")
     unknown_images = {r["image_id"] for r in results} - set(coco_gt.getImgIds())
@@ -64,7 +66,7 @@ def coco_evaluate(coco_gt: COCO, results: Sequence[Mapping[str, Any]], backend: 
         raise UserError(f"{source}: unknown category_id {sorted(unknown_cats)[0]}")
     if not results:
         warnings.warn(f"{source}: no detections; every AP is 0", stacklevel=2)
-        return dict.fromkeys(METRICS, 0.0)
+        return {**dict.fromkeys(METRICS, 0.0), "per_class": {c["name"]: 0.0 for c in coco_gt.dataset["categories"]}}
     with contextlib.redirect_stdout(io.StringIO()):
         if backend == "pycocotools":
             from pycocotools.cocoeval import COCOeval
@@ -80,8 +82,27 @@ def coco_evaluate(coco_gt: COCO, results: Sequence[Mapping[str, Any]], backend: 
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    names = (*METRICS, "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-    return {name: float(v) * 100 for name, v in zip(names, evaluator.stats[:12], strict=True)}
+    names = (*METRICS, *RECALL_METRICS)
+    summary: dict[str, Any] = {name: _percent(v) for name, v in zip(names, evaluator.stats[:12], strict=True)}
+    summary["per_class"] = per_class_ap(evaluator.eval["precision"], evaluator.params.catIds, coco_gt)
+    return summary
+
+
+def _percent(value: float) -> float | None:
+    """pycocotools' -1 ("no ground truth in this range") is None (JSON null, shown n/a), not -100 %."""
+    return None if value < 0 else float(value) * 100
+
+
+def per_class_ap(precision: np.ndarray, category_ids: Sequence[int], coco_gt: COCO) -> dict[str, float | None]:
+    """AP@[.5:.95] of each category, in %, from COCOeval's accumulated precision (IoU x recall x category x area
+    x max detections): the mean over IoUs and recall points at area "all" and 100 detections, as COCOeval's
+    summary computes it for all categories at once; None for a category without ground truth."""
+    table = {}
+    for k, cat_id in enumerate(category_ids):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        table[coco_gt.cats[cat_id]["name"]] = float(values.mean()) * 100 if values.size else None
+    return table
 
 
 def evaluate_coco_files(annotations: str | os.PathLike, results: str | os.PathLike,

@@ -36,9 +36,12 @@ def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], per_clas
     return save_figure(fig, out_png, dpi=110)
 
 
-def per_class_table(per_class: Mapping[str, float | None], mean: float) -> str:
-    lines = ["| class | AP (%) |", "|---|---|"]
-    for name, ap in per_class.items():
-        lines.append(f"| {name} | {'n/a (no ground truth)' if ap is None else f'{ap:.2f}'} |")
-    lines.append(f"| **mean** | **{mean:.2f}** |")
+def per_class_table(per_class: Mapping[str, float | None], mean: float | None, header: str = "AP (%)") -> str:
+    """Markdown: one row per class (n/a where it has no ground truth), the mean last."""
+    def shown(value: float | None) -> str:
+        return "n/a (no ground truth)" if value is None else f"{value:.2f}"
+
+    lines = [f"| class | {header} |", "|---|---|"]
+    lines += [f"| {name} | {shown(ap)} |" for name, ap in per_class.items()]
+    lines.append(f"| **mean** | **{shown(mean)}** |")
     return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""`Predictor`: a trained detector as a function of an image, for use from Python.
+
+    from detection.predictor import Predictor
+    predictor = Predictor("runs/det/model_final.pth", device="cuda")
+    result = predictor("photo.jpg")            # or a PIL image, or an (H, W, 3) uint8 RGB array
+    result["boxes"], result["scores"], result["labels"], result["names"]
+
+Images are taken as people see them (EXIF orientation applied to files and PIL images); boxes are xyxy in
+that image's pixels. No dummy targets, no transforms to apply first: resizing and normalisation are the
+model's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from detection.build import detector_from_checkpoint
+from engine.checkpoint import load_checkpoint
+from engine.distributed import resolve_device
+from engine.errors import UserError
+from engine.images import load_rgb
+
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def as_rgb_array(image: ImageInput) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB array from a file path, a PIL image or such an array (copied as it is)."""
+    if isinstance(image, (str, os.PathLike)):
+        return np.asarray(load_rgb(image))
+    if isinstance(image, Image.Image):
+        return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise UserError(f"an image array must be (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+        return image
+    raise UserError(f"cannot read an image from a {type(image).__name__}; give a path, a PIL image or an array")
+
+
+class Predictor:
+    """Loads a `train_det.py` checkpoint (`model_final.pth`, `model_best.pth`, or a converted one) once and runs
+    it on images: `predictor(image)` for one, `predictor.predict([...])` for a batch.
+
+    Each result is `{"boxes": float32 (N, 4) xyxy pixels, "scores": float32 (N,), "labels": int64 (N,) in
+    1..K, "names": [class name per box]}`, best first. `score_thresh` drops detections below it (default:
+    the model's own test threshold); `amp` runs the network in bf16/fp16.
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike, device: str | torch.device = "auto",
+                 score_thresh: float | None = None, amp: str = "none") -> None:
+        if amp not in AMP_DTYPES:
+            raise UserError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+        state = load_checkpoint(checkpoint)
+        self.model, self.config, self.class_names = detector_from_checkpoint(state, checkpoint)
+        self.category_ids: list[int] | None = state.get("category_ids")
+        self.device = resolve_device(str(device))
+        self.model.to(self.device).eval()
+        self.score_thresh, self.amp = score_thresh, amp
+        self.source = Path(checkpoint)
+
+    def __call__(self, image: ImageInput) -> dict[str, Any]:
+        return self.predict([image])[0]
+
+    def predict(self, images: Sequence[ImageInput]) -> list[dict[str, Any]]:
+        """Detections of each image, in order; the batch is padded to a common size (as in training)."""
+        tensors = [torch.from_numpy(np.ascontiguousarray(as_rgb_array(im))).permute(2, 0, 1).float().div_(255)
+                   for im in images]
+        if not tensors:
+            return []
+        dtype = AMP_DTYPES[self.amp]
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            outputs = self.model([t.to(self.device, non_blocking=True) for t in tensors])
+        return [self._result(out) for out in outputs]
+
+    def _result(self, out: dict[str, torch.Tensor]) -> dict[str, Any]:
+        scores = out["scores"].float().cpu().numpy()
+        keep = scores >= self.score_thresh if self.score_thresh is not None else np.ones(len(scores), dtype=bool)
+        labels = out["labels"].cpu().numpy().astype(np.int64)[keep]
+        return {"boxes": out["boxes"].float().cpu().numpy()[keep], "scores": scores[keep], "labels": labels,
+                "names": [self.class_names[int(label) - 1] for label in labels]}

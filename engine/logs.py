@@ -1,0 +1,69 @@
+"""Python `logging` for every tool: plain lines on stdout and, for a run, its `log.txt`.
+
+Everything the toolkit reports goes through the `resnet_toolkit` logger. `setup_console()` (called by the
+command-line wrapper) prints its INFO lines on stdout on the main process; `log_to_file(path)` adds a run
+folder's `log.txt`, timestamped. A record logged with `extra=FILE_ONLY` reaches the file but not the
+console: the trainer's periodic lines, while a progress bar already shows the same on a terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+LOGGER_NAME = "resnet_toolkit"
+FILE_ONLY = {"file_only": True}
+FILE_FORMAT = logging.Formatter("[%(asctime)s] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
+
+
+def get_logger(name: str | None = None) -> logging.Logger:
+    """The toolkit's logger, or its child `resnet_toolkit.<name>`."""
+    return logging.getLogger(LOGGER_NAME if name is None else f"{LOGGER_NAME}.{name}")
+
+
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever `sys.stdout` is at the time (test harnesses swap it), never to a stale stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False) and super().filter(record)
+
+
+def setup_console(rank: int | None = None) -> None:
+    """INFO lines of the toolkit on stdout, on the main process only (once, however often it is called)."""
+    rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+    logger = get_logger()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if rank == 0 and not any(isinstance(h, _Stdout) for h in logger.handlers):
+        logger.addHandler(_Stdout())
+
+
+def log_to_file(path: str | os.PathLike) -> logging.Handler:
+    """Append the toolkit's log to `path` (timestamped lines) until `close_file_log(handler)`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(FILE_FORMAT)
+    logger = get_logger()
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return handler
+
+
+def close_file_log(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        get_logger().removeHandler(handler)
+        handler.close()
