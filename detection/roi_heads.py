@@ -102,7 +102,8 @@ class RoIHeads(nn.Module):
             matches, match_labels = self.matcher(box_iou(gt, props))
             classes = gt_labels[matches] if len(gt) else torch.zeros_like(matches)
             classes = torch.where(match_labels == 1, classes, torch.zeros_like(classes))
-            classes[match_labels == -1] = -1
+            if len(gt):  # an image without objects is all background (as in torchvision and detectron2)
+                classes[match_labels == -1] = -1
             pos, neg = sample_labels(classes, self.batch_size_per_image, self.positive_fraction)
             keep = torch.cat([pos, neg])
             boxes_out.append(props[keep])
@@ -124,7 +125,8 @@ class RoIHeads(nn.Module):
 
     def losses(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: torch.Tensor,
                labels: torch.Tensor, gt_boxes: torch.Tensor) -> dict[str, torch.Tensor]:
-        loss_cls = F.cross_entropy(class_logits, labels, reduction="mean")
+        # the mean over sampled RoIs; nothing sampled (no proposals, no objects) is nothing to learn: zero, not NaN
+        loss_cls = F.cross_entropy(class_logits, labels) if labels.numel() else class_logits.sum() * 0.0
         fg = torch.nonzero(labels > 0, as_tuple=True)[0]
         deltas = box_deltas.view(len(labels), self.num_classes, 4)[fg, labels[fg] - 1]
         targets = self.box_coder.encode(proposals[fg], gt_boxes[fg])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 LOGGER_NAME = "resnet_toolkit"
@@ -41,14 +42,22 @@ class _Stdout(logging.StreamHandler):
         return not getattr(record, "file_only", False) and super().filter(record)
 
 
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """How a tool shows a Python warning: `warning: <message>` (no source line), copied to the run's log."""
+    get_logger().warning(f"warning: {message}", extra=FILE_ONLY)
+    return f"warning: {message}\n"
+
+
 def setup_console(rank: int | None = None) -> None:
-    """INFO lines of the toolkit on stdout, on the main process only (once, however often it is called)."""
+    """INFO lines of the toolkit on stdout, on the main process only (once, however often it is called), and
+    warnings as one `warning: ...` line on stderr."""
     rank = int(os.environ.get("RANK", "0")) if rank is None else rank
     logger = get_logger()
     logger.setLevel(logging.INFO)
     logger.propagate = False
     if rank == 0 and not any(isinstance(h, _Stdout) for h in logger.handlers):
         logger.addHandler(_Stdout())
+    warnings.formatwarning = _warning_line
 
 
 def log_to_file(path: str | os.PathLike) -> logging.Handler:

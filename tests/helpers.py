@@ -4,6 +4,14 @@ import os
 import pickle
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = str(ROOT / "configs" / "demo" / "shapes_resnet18_C4.yaml")
+# the demo detector shrunk to seconds: width-8 ResNet-18, 96-pixel images, few proposals and RoIs
+TINY_DETECTOR = ["model.backbone_options.width=8", "model.min_size=[96]", "model.max_size=160",
+                 "solver.ims_per_batch=2", "data.workers=0", "test.vis_images=2", "test.batch_size=2",
+                 "model.rpn.pre_nms_topk_train=300", "model.rpn.post_nms_topk_train=64",
+                 "model.roi.batch_size_per_image=16"]
+
 
 def voc_xml(objects, width=60, height=40, filename="x.jpg"):
     body = "".join(f"<object><name>{n}</name><difficult>{int(d)}</difficult><bndbox><xmin>{b[0]}</xmin>"

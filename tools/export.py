@@ -38,6 +38,7 @@ log = get_logger()
 TOLERANCE = {"logits": 1e-4, "scores": 1e-4, "boxes": 1e-3, "labels": 0.0}
 
 
+@torch.no_grad()  # not torch.set_grad_enabled: in-process callers keep their gradients
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -53,7 +54,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
     state = load_checkpoint(args.checkpoint) if args.checkpoint.endswith((".pth", ".pt")) else {}
     if state.get("kind") == "faster_rcnn":

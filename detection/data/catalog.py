@@ -27,7 +27,7 @@ DEFAULT_SPLITS = {"coco": ("train2017", "val2017"), "shapes": ("train", "val"), 
 
 def parse_class_names(value: str | Sequence[str] | None) -> list[str] | None:
     """`--classes`: `a,b,c`, or a text file with one name per line (a list passes through)."""
-    if value is None or isinstance(value, (list, tuple)):
+    if value is None or not isinstance(value, str):
         return None if value is None else [str(v) for v in value]
     if Path(value).is_file():
         names = [line.strip() for line in Path(value).read_text(encoding="utf-8").splitlines() if line.strip()]
