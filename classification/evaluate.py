@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 import backbones
 from backbones.weights import check_options
-from engine.distributed import all_reduce_sum, is_main_process
+from engine.distributed import all_reduce_sum
 from engine.errors import UserError
+from engine.logs import progress_bar
 
 
 def view_probabilities(model: nn.Module, images, mode: str, channels_last: bool = False) -> torch.Tensor:
@@ -43,7 +43,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, mode: s
     """`{"error", "top5_error", "count"}`, errors in %; shards of a distributed run are summed."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)
-    for batch in tqdm(loader, desc=f"eval ({mode})", disable=not (progress and is_main_process()), leave=False):
+    for batch in progress_bar(loader, enabled=progress, desc=f"eval ({mode})", leave=False):
         images, labels = batch[0], batch[1].to(device)
         if mode == "multi_scale":
             images = [[s.to(device) for s in scales] for scales in images]

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from detection.data.common import DetectionDataset, collate_detection
 from detection.evaluation.evaluator import evaluate_detections
-from engine.distributed import all_gather_object, get_rank, get_world_size, is_main_process
+from engine.distributed import all_gather_object, get_rank, get_world_size
+from engine.logs import progress_bar
 from engine.sampler import SeededDataset, ShardSampler
 
 Detections = dict[int, dict[str, np.ndarray]]
@@ -29,8 +29,7 @@ def run_inference(model: nn.Module, dataset: DetectionDataset, device: torch.dev
     dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     model.eval()
     mine: Detections = {}
-    for images, targets in tqdm(loader, desc="inference", disable=not (progress and is_main_process()),
-                                leave=False):
+    for images, targets in progress_bar(loader, enabled=progress, desc="inference", leave=False):
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             outputs = model([im.to(device, non_blocking=True) for im in images])
         for target, out in zip(targets, outputs, strict=True):

@@ -71,8 +71,7 @@ class Predictor:
 
     def predict(self, images: Sequence[ImageInput]) -> list[dict[str, Any]]:
         """Detections of each image, in order; the batch is padded to a common size (as in training)."""
-        tensors = [torch.from_numpy(np.ascontiguousarray(as_rgb_array(im))).permute(2, 0, 1).float().div_(255)
-                   for im in images]
+        tensors = [torch.from_numpy(np.array(as_rgb_array(im))).permute(2, 0, 1).float().div_(255) for im in images]
         if not tensors:
             return []
         dtype = AMP_DTYPES[self.amp]

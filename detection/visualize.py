@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import colorsys
 import functools
+import inspect
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from engine.errors import UserError
 
 def class_color(label: int) -> tuple[int, int, int]:
     """A saturated colour per class label, far from its neighbours' (golden-ratio hue steps)."""
-    r, g, b = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.85, 0.95)
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618034 + 0.1) % 1.0, 0.8, 1.0)
     return round(r * 255), round(g * 255), round(b * 255)
 
 
@@ -49,11 +50,15 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, sc
     colors = [class_color(int(label)) for label in labels[keep]]
     side = min(image.shape[:2])
     font = _font()
-    canvas = draw_bounding_boxes(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1),
+    filled = {}
+    if "fill_labels" in inspect.signature(draw_bounding_boxes).parameters:  # torchvision >= 0.21: text on a box
+        filled = {"fill_labels": True, "label_background_colors": colors,
+                  "label_colors": ["black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
+                                   for r, g, b in colors]}
+    canvas = draw_bounding_boxes(torch.tensor(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1),
                                  torch.from_numpy(boxes[keep]), labels=shown, colors=colors,
                                  width=max(1, round(side / 250)), font=font,
-                                 font_size=max(10, round(side / 40)) if font else None,
-                                 label_colors="black", label_background_colors=colors)
+                                 font_size=max(10, round(side / 40)) if font else None, **filled)
     return canvas.permute(1, 2, 0).numpy()
 
 

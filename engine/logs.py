@@ -13,6 +13,9 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
 
 LOGGER_NAME = "resnet_toolkit"
 FILE_ONLY = {"file_only": True}
@@ -76,3 +79,10 @@ def close_file_log(handler: logging.Handler | None) -> None:
     if handler is not None:
         get_logger().removeHandler(handler)
         handler.close()
+
+
+def progress_bar(iterable: Any = None, *, enabled: bool = True, **options: Any) -> tqdm:
+    """tqdm's bar with its ETA where someone watches: on the main process, on a terminal, when `enabled`.
+    Elsewhere (a log file, a pipe, CI) it stays silent; long work reports plain log lines instead."""
+    show = enabled and int(os.environ.get("RANK", "0")) == 0 and sys.stderr.isatty()
+    return tqdm(iterable, disable=not show, dynamic_ncols=True, **options)

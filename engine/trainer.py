@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import sys
 import time
 import warnings
 from collections import defaultdict
@@ -22,7 +21,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from tqdm import tqdm
 
 from engine.checkpoint import (
     checkpoint_path,
@@ -39,7 +37,7 @@ from engine.checkpoint import (
 from engine.config import save_config
 from engine.distributed import DistInfo, all_gather_object, all_reduce_sum, init_distributed
 from engine.errors import UserError
-from engine.logs import FILE_ONLY, get_logger, log_to_file
+from engine.logs import FILE_ONLY, get_logger, log_to_file, progress_bar
 from engine.metrics import MetricWriter
 from engine.schedule import LRSchedule
 
@@ -257,9 +255,9 @@ class Trainer:
         batches = iter(self.make_batches(self.iteration))
         window: dict[str, list[float]] = defaultdict(list)
         # on a terminal a progress bar; otherwise (or with progress off) plain periodic lines on stdout
-        bar_on = opts.progress and self.dist.is_main and sys.stdout.isatty()
-        bar = tqdm(total=opts.max_iter, initial=self.iteration, disable=not bar_on, dynamic_ncols=True, desc="train",
-                   unit="it")
+        bar = progress_bar(total=opts.max_iter, initial=self.iteration, enabled=opts.progress and self.dist.is_main,
+                           desc="train", unit="it")
+        bar_on = not bar.disable
         logger.info(f"training from iteration {self.iteration} to {opts.max_iter}")
         clock, clock_iter = time.perf_counter(), self.iteration
         try:

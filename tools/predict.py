@@ -27,7 +27,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from detection.evaluation.coco import detections_to_coco_results, write_coco_results
 from detection.predictor import Predictor
@@ -35,7 +34,7 @@ from detection.visualize import draw_detections, save_image
 from engine.cli import run_cli
 from engine.errors import UserError
 from engine.images import IMAGE_EXTENSIONS, load_rgb
-from engine.logs import get_logger
+from engine.logs import get_logger, progress_bar
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
 # the codec each container is written with by opencv
@@ -85,7 +84,7 @@ def predict_video(predictor: Predictor, source: Path, target: Path, batch_size: 
     writer, index = None, 0
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_suffix(".jsonl"), "w", encoding="utf-8") as lines, \
-            tqdm(total=total, desc=source.name, unit="frame", disable=not show_progress) as bar:
+            progress_bar(total=total, desc=source.name, unit="frame", enabled=show_progress) as bar:
         done = False
         while not done:
             frames = []
@@ -138,9 +137,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
     videos = [f for f in files if f.suffix.lower() in VIDEO_EXTENSIONS]
     detections: dict[int, dict[str, Any]] = {}
-    with tqdm(total=len(images), desc="predict", unit="img", disable=args.no_progress or len(images) < 2) as bar:
+    with progress_bar(total=len(images), desc="predict", unit="img", enabled=not args.no_progress) as bar:
         for group in batches(images, args.batch_size):
-            pictures = [np.asarray(load_rgb(f)) for f in group]
+            pictures = [np.array(load_rgb(f)) for f in group]
             for path, picture, result in zip(group, pictures, predictor.predict(pictures), strict=True):
                 save_image(draw_detections(picture, result["boxes"], result["labels"], result["scores"],
                                            predictor.class_names, 0.0), targets[path])
