@@ -206,7 +206,7 @@ def weights_from_object(obj: Any, source: str) -> WeightFile:
     arch, options, input_format, fmt, record = None, {}, {}, "torchvision", {}
     if isinstance(obj, Mapping) and ("state_dict" in obj or "model" in obj):
         arch, options = obj.get("arch"), dict(obj.get("options") or {})
-        input_format = dict(obj.get("input_format") or {})
+        input_format = dict(obj.get("input_format") or {}) or _recorded_input(obj)
         record = {k: obj[k] for k in RECORD_KEYS if k in obj}
         fmt = "ours" if "options" in obj or "input_format" in obj or record else fmt
         obj = obj.get("state_dict", obj.get("model"))
@@ -214,7 +214,7 @@ def weights_from_object(obj: Any, source: str) -> WeightFile:
         raise UserError(f"{source}: does not contain a state dict of tensors")
     state_dict = {k.removeprefix("module."): v for k, v in obj.items()}
     if record.get("kind") == "faster_rcnn":
-        return WeightFile(state_dict, source, None, {}, {}, fmt, record=record)
+        return WeightFile(state_dict, source, None, {}, input_format, fmt, record=record)
     if any(DETECTRON2_KEY.match(k) for k in state_dict):
         return detectron2_weights(state_dict, source)
     if "pre_logits.fc1.weight" in state_dict:
@@ -223,6 +223,20 @@ def weights_from_object(obj: Any, source: str) -> WeightFile:
         raise UserError(f"{source}: a timm ResNet with a deep stem (resnet*c/d/s); only the original ResNet "
                         "(conv1 7x7) has a counterpart here")
     return WeightFile(state_dict, source, arch, options, input_format, fmt, record=record)
+
+
+def _recorded_input(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The input convention our checkpoints record, in 0..255 units: a classifier's normalisation (stored in
+    0..1 units, as torchvision's transforms take it), or a detector's `model.pixel_mean` / `pixel_std` /
+    `channel_order`."""
+    model = (obj.get("config") or {}).get("model") or {} if obj.get("kind") == "faster_rcnn" else {}
+    if all(model.get(k) is not None for k in ("pixel_mean", "pixel_std", "channel_order")):
+        return {k: model[k] for k in ("pixel_mean", "pixel_std", "channel_order")}
+    if all(k in obj for k in ("pixel_mean", "pixel_std")):
+        return {"pixel_mean": [round(255 * v, 6) for v in obj["pixel_mean"]],
+                "pixel_std": [round(255 * v, 6) for v in obj["pixel_std"]],
+                "channel_order": obj.get("channel_order", "RGB")}
+    return {}
 
 
 def timm_vgg_to_state_dict(state: StateDict) -> dict[str, torch.Tensor]:
@@ -317,6 +331,33 @@ def save_weights(weights: WeightFile, path: str | os.PathLike, arch: str | None 
         return path
     return save_checkpoint({"arch": arch, "options": weights.options, "input_format": weights.input_format,
                             "state_dict": weights.state_dict}, path)
+
+
+# the registry networks torchvision has, and the builder options (with the value torchvision's network has) that
+# change the computation or the shapes; others (zero_init_residual, dropout) only change training
+TORCHVISION_OPTIONS = {"resnet": {"shortcut": "B", "width": 64, "stride_in_1x1": False},
+                       "vgg": {"width": 64, "hidden": 4096}}
+
+
+def torchvision_mismatch(arch: str, options: Mapping[str, Any], input_format: Mapping[str, Any]) -> str | None:
+    """Why `arch` built with `options` and trained on `input_format` has no torchvision counterpart that
+    behaves the same (None when torchvision's `models.<arch>` is that network): plain and CIFAR nets, other
+    shortcuts, widths or stride placement, and weights expecting other than normalised RGB."""
+    from backbones.registry import model_info
+
+    family = model_info(arch).family
+    if family not in TORCHVISION_OPTIONS:
+        return f"torchvision has no {arch} ({family} networks are this toolkit's)"
+    differ = {k: v for k, v in options.items() if k in TORCHVISION_OPTIONS[family]
+              and v != TORCHVISION_OPTIONS[family][k]}
+    if differ:
+        return f"torchvision's {arch} has {', '.join(f'{k}={TORCHVISION_OPTIONS[family][k]!r}' for k in differ)}, " \
+               f"these weights {', '.join(f'{k}={v!r}' for k, v in differ.items())}"
+    if input_format and (input_format.get("channel_order") != "RGB"
+                         or not all(20 <= v <= 120 for v in input_format.get("pixel_std", [58]))):
+        return f"these weights expect {input_format.get('channel_order')} pixels with std " \
+               f"{input_format.get('pixel_std')}, torchvision's models normalised RGB"
+    return None
 
 
 def check_options(weights: WeightFile, options: dict[str, Any]) -> None:

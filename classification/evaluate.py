@@ -58,12 +58,14 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, mode: s
 
 
 def check_classifier_weights(weights: backbones.WeightFile, options: dict) -> None:
-    """Weights for the classification pipeline: built with the options they record, and trained on the
-    ImageNet-normalised RGB input that our classification transforms feed."""
+    """Weights for the classification pipeline: built with the options they record, and trained on input of
+    its convention: RGB divided by a standard deviation (ImageNet's or CIFAR's statistics, which fine-tuning
+    may switch between), not the BGR 0..255 pixels of MSRA / detectron2 weights."""
     check_options(weights, options)
-    if weights.input_format:
-        raise UserError(f"{weights.source}: these weights expect {weights.input_format['channel_order']} input with "
-                        f"mean {weights.input_format['pixel_mean']} (0..255 pixels); classification feeds ImageNet-"
+    fmt = weights.input_format
+    if fmt and (fmt.get("channel_order") != "RGB" or not all(20 <= s <= 120 for s in fmt.get("pixel_std", [58]))):
+        raise UserError(f"{weights.source}: these weights expect {fmt['channel_order']} input with mean "
+                        f"{fmt['pixel_mean']} and std {fmt['pixel_std']} (0..255 pixels); classification feeds "
                         "normalised RGB. Use them as a detector backbone (train_det.py sets the input format)")
 
 

@@ -46,18 +46,20 @@ DEFAULTS: dict[str, Any] = {
     "model": {"arch": "resnet18", "options": {}, "weights": None},
     "data": {
         "dataset": "synthetic", "root": None, "train_split": None, "val_split": None, "workers": 2,
-        "skip_bad_images": False, "crop_size": None, "scale_range": [256, 480], "lighting": 0.1,
+        "skip_bad_images": False, "crop_size": None, "scale_range": [256, 480], "lighting": 0.1, "pad_fill": "mean",
         "test_resize": 256, "test_scales": [224, 256, 384, 480, 640],
         "synthetic": {"train_size": 2048, "val_size": 512, "num_classes": 10, "image_size": 32},
     },
     "solver": {
         "batch_size": 256, "accumulate": 1, "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "nesterov": False,
         "max_iter": 600_000, "epochs": None, "steps": [], "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.1,
-        "warmup_method": "constant", "warmup_until_error": None, "plateau_patience": 0,
+        "warmup_method": "constant", "warmup_until_error": None, "error_window": 50, "plateau_patience": 0,
+        "plateau_threshold": 0.1, "clip_grad_norm": 0.0,
     },
     "train": {
         "seed": 0, "device": "auto", "amp": "none", "channels_last": False, "compile": False, "log_period": 20,
-        "eval_period": 0, "checkpoint_period": 5000, "eval_batch_size": 100, "recompute_bn": 0, "progress": True,
+        "eval_period": 0, "checkpoint_period": 5000, "keep_checkpoints": 2, "eval_batch_size": 100, "recompute_bn": 0,
+        "progress": True,
     },
 }
 OPEN_KEYS = ("model.options",)
@@ -110,7 +112,8 @@ def eval_loader(cfg: DictConfig, dist: DistInfo, mode: str = "center", split: st
 def build_schedule(solver: DictConfig) -> LRSchedule:
     return LRSchedule(solver.lr, steps=solver.steps, gamma=solver.gamma, warmup_iters=solver.warmup_iters,
                       warmup_factor=solver.warmup_factor, warmup_method=solver.warmup_method,
-                      warmup_until_error=solver.warmup_until_error, plateau_patience=solver.plateau_patience)
+                      warmup_until_error=solver.warmup_until_error, error_window=solver.error_window,
+                      plateau_patience=solver.plateau_patience, plateau_threshold=solver.plateau_threshold)
 
 
 @torch.no_grad()
@@ -131,7 +134,7 @@ def recompute_bn_stats(model: nn.Module, batches, num_batches: int, device: torc
 
 # what `--resume` may change in a run's saved configuration (see detection.train.RESUME_MAY_CHANGE)
 RESUME_MAY_CHANGE = ("solver.max_iter", "data.root", "data.workers", "train.device", "train.progress",
-                     "train.log_period", "train.checkpoint_period", "train.eval_batch_size")
+                     "train.log_period", "train.checkpoint_period", "train.keep_checkpoints", "train.eval_batch_size")
 
 
 def final_checkpoint(model: nn.Module, cfg: DictConfig, class_names: list[str]) -> dict[str, Any]:
@@ -158,7 +161,7 @@ def _train(cfg: DictConfig, output_dir: Path, dist: DistInfo, resume: bool | str
     solver, data = cfg.solver, cfg.data
 
     style = _style(data.dataset)
-    train_tf = train_transform(style, crop_size(cfg), data.scale_range, data.lighting)
+    train_tf = train_transform(style, crop_size(cfg), data.scale_range, data.lighting, data.pad_fill)
     train_set, num_classes = build_dataset(cfg, data.train_split, train_tf, train=True)
     val_loader = eval_loader(cfg, dist)
     max_iter = solver.max_iter
@@ -195,13 +198,13 @@ def _train(cfg: DictConfig, output_dir: Path, dist: DistInfo, resume: bool | str
                                persistent_workers=data.workers > 0,
                                generator=torch.Generator()))  # never draw from the global RNG
 
-    def step(_model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def step(_model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         images, labels, bad = batch
         bad_images[0] += bad
         images = images.to(dist.device, non_blocking=True, memory_format=fmt)
         labels = labels.to(dist.device, non_blocking=True)
         logits = forward(images)
-        error = 100.0 * (logits.argmax(1) != labels).float().mean().item()
+        error = 100.0 * (logits.detach().argmax(1) != labels).float().mean()  # on the device: no sync
         return {"loss_cls": F.cross_entropy(logits, labels)}, {"error": error}
 
     def run_eval(module: nn.Module) -> dict[str, float]:
@@ -211,6 +214,7 @@ def _train(cfg: DictConfig, output_dir: Path, dist: DistInfo, resume: bool | str
     options = TrainerOptions(max_iter=max_iter, output_dir=output_dir, accumulate=solver.accumulate,
                              amp=cfg.train.amp, log_period=cfg.train.log_period, eval_period=cfg.train.eval_period,
                              checkpoint_period=cfg.train.checkpoint_period, progress=cfg.train.progress,
+                             keep_checkpoints=cfg.train.keep_checkpoints, clip_grad_norm=solver.clip_grad_norm,
                              best_metric="error" if cfg.train.eval_period else None, best_mode="min")
     writer = MetricWriter(output_dir, enabled=dist.is_main)
     trainer = Trainer(train_model, optimizer, build_schedule(solver), make_batches, step, options, dist,

@@ -10,6 +10,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
+from engine.errors import UserError
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -50,15 +52,23 @@ def _normalize(style: str) -> T.Normalize:
     return T.Normalize(mean, std)
 
 
+PAD_FILLS = ("mean", "zero")
+
+
 def train_transform(style: str, crop_size: int, scale_range: Sequence[int] = (256, 480),
-                    lighting: float = 0.1) -> T.Compose:
+                    lighting: float = 0.1, pad_fill: str = "mean") -> T.Compose:
     """ImageNet: random shorter side in `scale_range`, random crop, flip, PCA lighting, normalise.
-    CIFAR: 4-pixel zero padding, random crop, flip, normalise."""
+    CIFAR: 4-pixel padding, random crop, flip, normalise; `pad_fill` "mean" pads with the dataset mean colour
+    (what zero padding after mean subtraction gives, the paper's order), "zero" with black pixels (torchvision's
+    reference scripts)."""
     if style == "imagenet":
         return T.Compose([RandomShorterSide(*scale_range), T.RandomCrop(crop_size), T.RandomHorizontalFlip(),
                           T.ToTensor(), PCALighting(lighting), _normalize(style)])
-    return T.Compose([T.RandomCrop(crop_size, padding=crop_size // 8), T.RandomHorizontalFlip(), T.ToTensor(),
-                      _normalize(style)])
+    if pad_fill not in PAD_FILLS:
+        raise UserError(f"data.pad_fill must be one of {', '.join(PAD_FILLS)}, got {pad_fill!r}")
+    fill = tuple(round(255 * m) for m in CIFAR_MEAN) if pad_fill == "mean" else 0
+    return T.Compose([T.RandomCrop(crop_size, padding=crop_size // 8, fill=fill), T.RandomHorizontalFlip(),
+                      T.ToTensor(), _normalize(style)])
 
 
 class MultiScale:

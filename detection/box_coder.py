@@ -19,7 +19,8 @@ class BoxCoder:
         self.scale_clamp = scale_clamp
 
     def encode(self, reference: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """Deltas that turn `reference` (N, 4) into `boxes` (N, 4), both xyxy."""
+        """Deltas that turn `reference` (N, 4) into `boxes` (N, 4), both xyxy; computed in float32 at least."""
+        reference, boxes = _geometry(reference), _geometry(boxes)
         wx, wy, ww, wh = self.weights
         rw, rh = reference[:, 2] - reference[:, 0], reference[:, 3] - reference[:, 1]
         rx, ry = reference[:, 0] + 0.5 * rw, reference[:, 1] + 0.5 * rh
@@ -29,7 +30,9 @@ class BoxCoder:
                             ww * torch.log(bw / rw), wh * torch.log(bh / rh)], dim=1)
 
     def decode(self, deltas: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-        """Apply deltas (N, 4k) to reference boxes (N, 4); returns (N, 4k) xyxy boxes."""
+        """Apply deltas (N, 4k) to reference boxes (N, 4); returns (N, 4k) xyxy boxes in float32 (or float64 if
+        given): deltas a network computed in bf16/fp16 under autocast are cast up, box geometry never down."""
+        deltas, reference = _geometry(deltas), _geometry(reference)
         reference = reference.to(deltas.dtype)
         wx, wy, ww, wh = self.weights
         rw = (reference[:, 2] - reference[:, 0])[:, None]
@@ -42,3 +45,8 @@ class BoxCoder:
         w, h = torch.exp(dw) * rw, torch.exp(dh) * rh
         boxes = torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=2)
         return boxes.reshape(deltas.shape)
+
+
+def _geometry(x: torch.Tensor) -> torch.Tensor:
+    """Box arithmetic in float32 or wider: half precision has 8 bits of mantissa, pixels at 1000 lose whole units."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()

@@ -31,9 +31,11 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "backbone_options": {},
     "weights": None,  # ImageNet weights: a train_cls.py model_final.pth or a torchvision state dict
     "freeze_at": 2,  # stem and res2 (VGG: conv1, conv2) frozen; BN frozen everywhere in ResNets
-    "pixel_mean": [123.675, 116.28, 103.53],
-    "pixel_std": [58.395, 57.12, 57.375],
-    "channel_order": "RGB",
+    # the input convention (0..255 units): null takes the weights' own (a classifier trained here records
+    # its normalisation, MSRA/detectron2 files theirs), else ImageNet's RGB mean/std (IMAGENET_INPUT)
+    "pixel_mean": None,
+    "pixel_std": None,
+    "channel_order": None,
     "min_size": [600],
     "max_size": 1000,
     "test_min_size": None,
@@ -43,11 +45,13 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "rpn": {
         "batch_size_per_image": 256, "positive_fraction": 0.5, "iou_thresholds": [0.3, 0.7],
         "pre_nms_topk_train": 12000, "post_nms_topk_train": 2000, "pre_nms_topk_test": 6000,
-        "post_nms_topk_test": 300, "nms_thresh": 0.7, "min_box_size": 0.0, "smooth_l1_beta": 0.1111,
-        "loss_weight": 1.0,
+        "post_nms_topk_test": 300, "nms_thresh": 0.7,
+        "min_box_size": 16.0,  # proposals smaller than this at the original image scale are dropped (0: keep all)
+        "allowed_border": 0.0,  # RPN trains on anchors inside the image by this margin (-1: on all, detectron2)
+        "smooth_l1_beta": 0.1111, "loss_weight": 1.0,
     },
     "roi": {
-        "pooler": None,  # roialign (C4 default) or roipool (the paper's; VGG default)
+        "pooler": "roipool",  # the paper's RoI pooling; roialign (detectron2's recipes, `aligned` = ROIAlignV2)
         "pooler_resolution": None,  # 14 for C4, 7 for VGG
         "sampling_ratio": 0, "aligned": True, "batch_size_per_image": 128, "positive_fraction": 0.25,
         "fg_iou": 0.5, "bg_iou_low": 0.1, "bbox_reg_weights": [10.0, 10.0, 5.0, 5.0], "smooth_l1_beta": 1.0,
@@ -71,6 +75,21 @@ def _load_classifier(m: DictConfig | dict, weights: WeightFile | None) -> nn.Mod
     return classifier
 
 
+IMAGENET_INPUT = {"pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375],
+                  "channel_order": "RGB"}
+
+
+def resolve_input_format(cfg: DictConfig | dict, weights: WeightFile | None) -> None:
+    """Fill `model.pixel_mean` / `pixel_std` / `channel_order` left unset (None) with the convention the weights
+    were trained on, else ImageNet's, in place; an explicit value the weights contradict is left for
+    `check_input_format` to refuse."""
+    m = cfg["model"]
+    wanted = (weights.input_format if weights is not None else {}) or IMAGENET_INPUT
+    for key, default in IMAGENET_INPUT.items():
+        if m[key] is None:
+            m[key] = list(wanted.get(key, default)) if key != "channel_order" else wanted.get(key, default)
+
+
 def check_input_format(source: str, wanted: dict[str, Any], m: DictConfig | dict) -> None:
     """Weights trained on another input (BGR, other mean/std) must be fed what they expect: the config must say
     so, or the error names the keys to set."""
@@ -92,19 +111,20 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
     family = backbones.model_info(m["backbone"]).family
     if weights is None and m["weights"]:
         weights = backbones.read_weights(m["weights"])
+    resolve_input_format(cfg, weights)
     classifier = _load_classifier(m, None if weights is None or weights.is_detector else weights)
     rpn_cfg, roi = m["rpn"], m["roi"]
     if family in ("resnet", "plain"):
         trunk, res5, head_shape = backbones.split_model(classifier, "res4", freeze_at=m["freeze_at"], frozen_bn=True)
         feature_name = "res4"
         box_head: nn.Module = C4BoxHead(res5, head_shape.channels)
-        pooler_kind, resolution = roi["pooler"] or "roialign", roi["pooler_resolution"] or 14
+        pooler_kind, resolution = roi["pooler"], roi["pooler_resolution"] or 14
     elif family == "vgg":
         last = classifier.stages()[-1].name
         trunk = backbones.backbone_from_model(classifier, [last], freeze_at=m["freeze_at"])
         feature_name = last
         box_head = VGGBoxHead(classifier.classifier[0], classifier.classifier[3], roi["dropout"])
-        pooler_kind, resolution = roi["pooler"] or "roipool", roi["pooler_resolution"] or 7
+        pooler_kind, resolution = roi["pooler"], roi["pooler_resolution"] or 7
         if resolution != 7:
             raise UserError(f"{m['backbone']}: fc6 takes 7x7 regions; model.roi.pooler_resolution must be 7")
     else:
@@ -118,6 +138,7 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
         pre_nms_topk=(rpn_cfg["pre_nms_topk_train"], rpn_cfg["pre_nms_topk_test"]),
         post_nms_topk=(rpn_cfg["post_nms_topk_train"], rpn_cfg["post_nms_topk_test"]),
         nms_thresh=rpn_cfg["nms_thresh"], min_box_size=rpn_cfg["min_box_size"],
+        allowed_border=rpn_cfg["allowed_border"],
         smooth_l1_beta=rpn_cfg["smooth_l1_beta"], loss_weight=rpn_cfg["loss_weight"])
     roi_heads = RoIHeads(
         RoIPooler(resolution, 1.0 / feature_shape.stride, pooler_kind, roi["sampling_ratio"], roi["aligned"]),

@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import torch
-from torchvision.ops import nms
+from torchvision.ops import batched_nms, nms
 
 
 def grouped_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float,
                 bound: float | torch.Tensor) -> torch.Tensor:
     """NMS within each group (image or class): indices kept, by decreasing score.
 
-    Boxes of different groups are moved `bound` + 1 apart so one `nms` call never lets them suppress each
-    other (torchvision's batched_nms trick); `bound` is a known upper limit on the coordinates (the boxes
-    are clipped to the image), which keeps the function free of data-dependent branches for export (pass
-    `torch.sym_max(h, w)` or a tensor, not Python's `max`, whose choice an export would freeze).
+    Run eagerly this is torchvision's `batched_nms`, the call detectron2 makes, so that decisions match it
+    exactly: one NMS per group for large inputs, and below that size one NMS on boxes moved apart by group
+    (whose float32 rounding, up to ~0.008 px at 80 classes x 1333 px, can flip a pair whose IoU lies that close
+    to the threshold, in detectron2 as here). While exporting, always the latter, with the known coordinate
+    bound `bound` (the boxes are clipped to the image) as the spacing: no data-dependent branch or loop, one
+    ONNX NonMaxSuppression (pass `torch.sym_max(h, w)` or a tensor, not Python's `max`, whose choice an export
+    would freeze).
     """
+    scores = scores.to(boxes.dtype)
+    if not torch.compiler.is_compiling():
+        return batched_nms(boxes, scores, groups, iou_threshold)
     offsets = groups.to(boxes.dtype) * (bound + 1.0)
     return nms(boxes + offsets[:, None], scores, iou_threshold)

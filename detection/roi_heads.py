@@ -26,10 +26,16 @@ class RoIPooler(nn.Module):
         self.sampling_ratio, self.aligned = sampling_ratio, aligned
 
     def forward(self, feature: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-        boxes = [b.to(feature.dtype) for b in boxes]
+        """Pool `boxes` (image pixels, float32) from `feature`. A half-precision feature map (autocast) is pooled
+        in float32, as torchvision's autocast does for RoIAlign, and returned in its own precision: the box
+        coordinates are never rounded to 8 bits of mantissa."""
+        boxes = [b.float() if b.dtype != torch.float64 else b for b in boxes]
+        x = feature if feature.dtype == boxes[0].dtype else feature.to(boxes[0].dtype)
         if self.kind == "roipool":
-            return roi_pool(feature, boxes, self.output_size, self.spatial_scale)
-        return roi_align(feature, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+            out = roi_pool(x, boxes, self.output_size, self.spatial_scale)
+        else:
+            out = roi_align(x, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
+        return out.to(feature.dtype)
 
 
 class C4BoxHead(nn.Module):
@@ -144,7 +150,8 @@ class RoIHeads(nn.Module):
             b = torch.stack([b[..., 0].clamp(0, w), b[..., 1].clamp(0, h), b[..., 2].clamp(0, w),
                              b[..., 3].clamp(0, h)], dim=-1)
             labels = torch.arange(1, self.num_classes + 1, device=p.device).expand_as(p)
-            keep = (p > self.score_thresh) & (b[..., 2] > b[..., 0]) & (b[..., 3] > b[..., 1])
+            # as detectron2: a box clipped to nothing (zero width or height) stays a detection when it scores
+            keep = (p > self.score_thresh) & torch.isfinite(b).all(dim=-1)
             b, p, labels = b[keep], p[keep], labels[keep]
             kept = grouped_nms(b, p, labels, self.nms_thresh, torch.sym_max(h, w))[: self.detections_per_image]
             results.append({"boxes": b[kept], "scores": p[kept], "labels": labels[kept]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import box_iou, remove_small_boxes
+from torchvision.ops import box_iou
 
 from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
@@ -43,22 +43,24 @@ class RegionProposalNetwork(nn.Module):
     """Scores and refines anchors; returns per-image proposals and, in training, its two losses.
 
     Defaults follow Faster R-CNN: 256 anchors per image at most half positive (IoU >= 0.7, or the best
-    anchor of a box) against negatives (IoU < 0.3); proposals: top `pre_nms_topk` by objectness, NMS 0.7,
+    anchor of a box) against negatives (IoU < 0.3), among the anchors inside the image (`allowed_border` 0;
+    -1 trains on all, as detectron2); proposals: top `pre_nms_topk` by objectness, those at least
+    `min_box_size` pixels wide and high at the image's original scale (16; 0 keeps any non-empty box), NMS 0.7,
     then `post_nms_topk` (2000 training / 300 testing). Losses are normalised by the sampled anchor count.
     """
 
     def __init__(self, head: RPNHead, anchor_generator: AnchorGenerator, *, matcher: Matcher | None = None,
                  box_coder: BoxCoder | None = None, batch_size_per_image: int = 256, positive_fraction: float = 0.5,
                  pre_nms_topk: tuple[int, int] = (12000, 6000), post_nms_topk: tuple[int, int] = (2000, 300),
-                 nms_thresh: float = 0.7, min_box_size: float = 0.0, smooth_l1_beta: float = 1 / 9,
-                 loss_weight: float = 1.0) -> None:
+                 nms_thresh: float = 0.7, min_box_size: float = 16.0, allowed_border: float = 0.0,
+                 smooth_l1_beta: float = 1 / 9, loss_weight: float = 1.0) -> None:
         super().__init__()
         self.head, self.anchor_generator = head, anchor_generator
         self.matcher = matcher or Matcher((0.3, 0.7), (0, -1, 1), allow_low_quality_matches=True)
         self.box_coder = box_coder or BoxCoder((1.0, 1.0, 1.0, 1.0))
         self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
         self.pre_nms_topk, self.post_nms_topk = pre_nms_topk, post_nms_topk
-        self.nms_thresh, self.min_box_size = nms_thresh, min_box_size
+        self.nms_thresh, self.min_box_size, self.allowed_border = nms_thresh, min_box_size, allowed_border
         self.smooth_l1_beta, self.loss_weight = smooth_l1_beta, loss_weight
 
     def forward(self, images: ImageList, feature: torch.Tensor, targets: list[dict] | None = None
@@ -68,21 +70,24 @@ class RegionProposalNetwork(nn.Module):
         b, a, h, w = logits.shape
         logits = logits.permute(0, 2, 3, 1).reshape(b, -1)  # (B, H*W*A), the anchors' order
         deltas = deltas.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4)
-        proposals = self.find_proposals(anchors, logits.detach(), deltas.detach(), images.image_sizes)
+        proposals = self.find_proposals(anchors, logits.detach(), deltas.detach(), images.image_sizes,
+                                        images.scales())
         losses = {}
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
-            losses = self.losses(anchors, logits, deltas, targets)
+            losses = self.losses(anchors, logits, deltas, targets, images.image_sizes)
         return proposals, losses
 
     @torch.no_grad()
     def find_proposals(self, anchors: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor,
-                       image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+                       image_sizes: list[tuple[int, int]], scales: list[float] | None = None) -> list[torch.Tensor]:
+        """Per image: the best-scoring decoded anchors after clipping, the minimum-size filter (in original
+        pixels: `min_box_size` times the image's `scales` entry) and NMS."""
         pre = self.pre_nms_topk[0 if self.training else 1]
         post = self.post_nms_topk[0 if self.training else 1]
         b = logits.shape[0]
-        scores, idx = logits.topk(min(pre, logits.shape[1]), dim=1)
+        scores, idx = logits.float().topk(min(pre, logits.shape[1]), dim=1)  # scores and boxes in float32
         k = idx.shape[1]
         boxes = self.box_coder.decode(deltas.gather(1, idx[..., None].expand(b, k, 4)).reshape(-1, 4),
                                       anchors[idx.reshape(-1)]).view(b, k, 4)
@@ -90,19 +95,33 @@ class RegionProposalNetwork(nn.Module):
         boxes = clip_to_sizes(boxes, limits[:, None, :]).reshape(-1, 4)
         scores = scores.reshape(-1)
         image_idx = torch.arange(b, device=boxes.device).repeat_interleave(k)
-        keep = remove_small_boxes(boxes, self.min_box_size) if self.min_box_size > 0 else torch.nonzero(
-            (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]), as_tuple=True)[0]
-        keep = keep[torch.isfinite(scores[keep])]
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        keep = (widths > 0) & (heights > 0) & torch.isfinite(scores)
+        if self.min_box_size > 0:
+            smallest = self.min_box_size * torch.tensor(scales or [1.0] * b, dtype=boxes.dtype, device=boxes.device)
+            keep &= (widths >= smallest[image_idx]) & (heights >= smallest[image_idx])
+        keep = torch.nonzero(keep, as_tuple=True)[0]
         boxes, scores, image_idx = boxes[keep], scores[keep], image_idx[keep]
         keep = grouped_nms(boxes, scores, image_idx, self.nms_thresh, limits.max())  # by decreasing score
         return [boxes[keep[image_idx[keep] == i][:post]] for i in range(b)]
 
-    def losses(self, anchors: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor,
-               targets: list[dict]) -> dict[str, torch.Tensor]:
+    def losses(self, anchors: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor, targets: list[dict],
+               image_sizes: list[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
         labels, box_targets = [], []
-        for target in targets:
+        for i, target in enumerate(targets):
             gt = target["boxes"]
-            matches, match_labels = self.matcher(box_iou(gt, anchors))
+            iou = box_iou(gt, anchors)
+            outside = None
+            if self.allowed_border >= 0 and image_sizes is not None:
+                # Faster R-CNN trains the RPN on anchors inside the image (and its padding) only
+                h, w = image_sizes[i]
+                b = self.allowed_border
+                outside = ((anchors[:, 0] < -b) | (anchors[:, 1] < -b) | (anchors[:, 2] > w + b)
+                           | (anchors[:, 3] > h + b))
+                iou = iou.masked_fill(outside[None, :], -1.0)  # never anyone's best anchor either
+            matches, match_labels = self.matcher(iou)
+            if outside is not None:
+                match_labels = match_labels.masked_fill(outside, -1)
             sampled = torch.full_like(match_labels, -1)
             pos, neg = sample_labels(match_labels, self.batch_size_per_image, self.positive_fraction)
             sampled[pos], sampled[neg] = 1, 0

@@ -39,9 +39,9 @@ DEFAULTS: dict[str, Any] = {
              "keep_empty": False},
     "solver": {"ims_per_batch": 2, "accumulate": 1, "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0005,
                "max_iter": 80000, "steps": [60000], "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.001,
-               "warmup_method": "linear"},
+               "warmup_method": "linear", "clip_grad_norm": 0.0},
     "train": {"seed": 0, "device": "auto", "amp": "none", "log_period": 20, "eval_period": 0,
-              "checkpoint_period": 5000, "progress": True},
+              "checkpoint_period": 5000, "keep_checkpoints": 2, "progress": True},
     "test": {"metrics": None, "batch_size": 2, "backend": "pycocotools", "vis_images": 4, "vis_score_thresh": 0.5},
 }
 OPEN_KEYS = ("model.backbone_options",)
@@ -52,7 +52,7 @@ logger = get_logger("detection")
 # reports; everything else must be given as it was (or not at all)
 RESUME_MAY_CHANGE = ("solver.max_iter", "data.root", "data.train_ann", "data.train_images", "data.val_ann",
                      "data.val_images", "data.workers", "train.device", "train.progress", "train.log_period",
-                     "train.checkpoint_period", "test.")
+                     "train.checkpoint_period", "train.keep_checkpoints", "test.")
 
 
 def datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset | None]:
@@ -146,6 +146,7 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
     options = TrainerOptions(max_iter=solver.max_iter, output_dir=output_dir, accumulate=solver.accumulate,
                              amp=cfg.train.amp, log_period=cfg.train.log_period, eval_period=cfg.train.eval_period,
                              checkpoint_period=cfg.train.checkpoint_period, progress=cfg.train.progress,
+                             keep_checkpoints=cfg.train.keep_checkpoints, clip_grad_norm=solver.clip_grad_norm,
                              best_metric=primary_metric(metrics_names) if periodic else None)
     writer = MetricWriter(output_dir, enabled=dist.is_main)
     trainer = Trainer(train_model, optimizer, schedule, make_batches, step, options, dist,

@@ -66,7 +66,8 @@ class DetectionTransform(nn.Module):
                 scale = torch.tensor([new_w / w, new_h / h, new_w / w, new_h / h], device=t["boxes"].device)
                 t["boxes"] = t["boxes"] * scale
                 out_targets.append(t)
-        return ImageList.from_tensors(out_images, self.size_divisibility), out_targets
+        originals = [(im.shape[-2], im.shape[-1]) for im in images]
+        return ImageList.from_tensors(out_images, self.size_divisibility, originals), out_targets
 
     @staticmethod
     def postprocess(detections: list[dict[str, torch.Tensor]], image_sizes: list[tuple[int, int]],

@@ -76,10 +76,18 @@ def all_gather_object(obj: Any) -> list[Any]:
     return out
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+
+
+def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """`tensor` reduced over all processes in place (`op`: sum, min or max); itself without a process group."""
     if get_world_size() > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op=REDUCE_OPS[op])
     return tensor
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    return all_reduce(tensor, "sum")
 
 
 def cleanup() -> None:

@@ -17,7 +17,7 @@ class LRSchedule:
     def __init__(self, base_lr: float, *, steps: Sequence[int] = (), gamma: float = 0.1,
                  warmup_iters: int = 0, warmup_factor: float = 0.1, warmup_method: str = "constant",
                  warmup_until_error: float | None = None, error_window: int = 50,
-                 plateau_patience: int = 0, plateau_threshold: float = 1e-3) -> None:
+                 plateau_patience: int = 0, plateau_threshold: float = 0.1) -> None:
         if warmup_method not in ("constant", "linear"):
             raise ValueError(f"warmup_method must be constant or linear, got {warmup_method!r}")
         self.base_lr = base_lr
@@ -56,10 +56,11 @@ class LRSchedule:
             self.error_warmup_done = True
 
     def observe_val_error(self, error: float) -> bool:
-        """Feed a validation error; returns True when it triggers a plateau drop."""
+        """Feed a validation error (in %); returns True when it triggers a plateau drop: `plateau_patience`
+        measurements in a row without an improvement of at least `plateau_threshold` points on the best."""
         if not self.plateau_patience:
             return False
-        if self._best is None or error < self._best - self.plateau_threshold:
+        if self._best is None or error <= self._best - self.plateau_threshold + 1e-9:  # an improvement of >= threshold
             self._best, self._bad_evals = error, 0
             return False
         self._bad_evals += 1

@@ -35,16 +35,17 @@ from engine.checkpoint import (
     set_rng_state,
 )
 from engine.config import save_config
-from engine.distributed import DistInfo, all_gather_object, all_reduce_sum, init_distributed
+from engine.distributed import DistInfo, all_gather_object, all_reduce, init_distributed
 from engine.errors import UserError
 from engine.logs import FILE_ONLY, get_logger, log_to_file, progress_bar
 from engine.metrics import MetricWriter
 from engine.schedule import LRSchedule
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+_NONE = torch.iinfo(torch.int64).max  # "no non-finite loss seen yet"
 
 Losses = Mapping[str, torch.Tensor]
-Stats = Mapping[str, float]
+Stats = Mapping[str, "torch.Tensor | float"]  # per-batch figures besides the losses, e.g. the error
 
 
 class TrainingDiverged(UserError):
@@ -125,18 +126,26 @@ class Trainer:
                                            and dist.device.type == "cuda")
         self.iteration = 0
         self.last_eval: dict[str, float] = {}
+        self._first_bad = torch.tensor(_NONE, device=dist.device)
+        self._loss_names: list[str] = []
 
     # ----- checkpoints -------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rng_states: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything a resume needs; `rng_states` holds every process's generators (rank order)."""
+        rng_states = rng_states or [rng_state()]
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
-                "iteration": self.iteration, "rng": rng_state(), "best": self.best, **self.checkpoint_extra()}
+                "iteration": self.iteration, "rng": rng_states[0], "rng_per_rank": rng_states, "best": self.best,
+                **self.checkpoint_extra()}
 
     def save(self) -> Path | None:
+        """Write a checkpoint (rank 0) with every process's random state; all processes must call it."""
+        self._check_finite()
+        states = all_gather_object(rng_state())  # the detector samples from each rank's generator
         if not self.dist.is_main:
             return None
         out = Path(self.options.output_dir)
-        path = save_checkpoint(self.state_dict(), checkpoint_path(out, self.iteration))
+        path = save_checkpoint(self.state_dict(states), checkpoint_path(out, self.iteration))
         mark_last(out, path)
         prune_checkpoints(out, self.iteration, self.options.keep_checkpoints)
         return path
@@ -168,7 +177,11 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.best = state.get("best")
-        set_rng_state(state["rng"])
+        per_rank = state.get("rng_per_rank") or [state["rng"]]
+        if len(per_rank) != self.dist.world_size and self.dist.is_main:
+            warnings.warn(f"{path}: saved by {len(per_rank)} process(es), resumed by {self.dist.world_size}: the "
+                          "data order is the same, the detector's random sampling is not bit-exact", stacklevel=3)
+        set_rng_state(per_rank[self.dist.rank % len(per_rank)])
         logger.info(f"resumed from {path} at iteration {self.iteration}")
 
     # ----- the loop ----------------------------------------------------------------------------
@@ -178,20 +191,28 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.dist.device.type, dtype=dtype)
 
-    def _check_finite(self, losses: Losses, loss: torch.Tensor) -> None:
-        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=loss.device)
-        if all_reduce_sum(bad).item():
-            shown = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise TrainingDiverged(f"loss is not finite at iteration {self.iteration} ({shown}); "
-                                   f"last good checkpoint kept in {self.options.output_dir}")
+    def _note_finite(self, loss: torch.Tensor) -> None:
+        """Remember, on the device, the first iteration whose loss was NaN or infinite (no host sync)."""
+        bad = ~torch.isfinite(loss.detach())
+        self._first_bad = torch.where(bad & (self._first_bad == _NONE), self.iteration, self._first_bad)
 
-    def run_step(self, batches: Iterator[Any]) -> tuple[dict[str, float], dict[str, float]]:
+    def _check_finite(self) -> None:
+        """Stop with `TrainingDiverged` if any process saw a non-finite loss since the last check: one host sync,
+        done at logging points and before anything is saved or evaluated (so no diverged weights are kept)."""
+        first = int(all_reduce(self._first_bad.clone(), "min").item())
+        if first != _NONE:
+            raise TrainingDiverged(f"loss is not finite at iteration {first}; last good checkpoint kept in "
+                                   f"{self.options.output_dir}")
+
+    def run_step(self, batches: Iterator[Any]) -> tuple[dict[str, torch.Tensor], float]:
+        """One iteration: `accumulate` micro-batches, one optimizer step. Returns the iteration's losses and stats
+        as device tensors, and the lr: nothing here waits for the device, except the error-based warm-up, which
+        needs the (all-reduced) training error of every iteration until it ends."""
         opts = self.options
         lr = self.schedule.lr_at(self.iteration)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        totals: dict[str, float] = defaultdict(float)
-        stats_sum: dict[str, float] = defaultdict(float)
+        totals: dict[str, torch.Tensor] = {}
         ddp = self.model is not self.module
         for m in range(opts.accumulate):
             batch = next(batches)
@@ -200,21 +221,23 @@ class Trainer:
                 with self._autocast():
                     losses, stats = self.step_fn(self.model, batch)
                 loss = sum(losses.values()) / opts.accumulate
-                self._check_finite(losses, loss)
+                self._note_finite(loss)
                 self.scaler.scale(loss).backward()
-            for k, v in losses.items():
-                totals[k] += v.item() / opts.accumulate
-            for k, v in stats.items():
-                stats_sum[k] += v / opts.accumulate
+            for k, v in {**losses, **stats}.items():
+                v = torch.as_tensor(v, device=self.dist.device).detach().float() / opts.accumulate
+                totals[k] = totals[k] + v if k in totals else v
         if opts.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.module.parameters(), opts.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if "error" in stats_sum:
-            self.schedule.observe_train_error(stats_sum["error"])
-        return dict(totals), {"lr": lr, **stats_sum}
+        if "error" in totals and not self.schedule.error_warmup_done:
+            # every process takes the warm-up decision on the same, global error: replicas stay identical
+            error = all_reduce(totals["error"].clone(), "sum") / self.dist.world_size
+            self.schedule.observe_train_error(float(error.item()))
+        self._loss_names = list(losses)
+        return totals, lr
 
     def run_eval(self, feed_schedule: bool = True) -> dict[str, float]:
         """Evaluate, log as `val`, and (unless told not to) let a plateau schedule see the error."""
@@ -253,38 +276,47 @@ class Trainer:
             return self.last_eval or self.run_eval(feed_schedule=False)
         self.model.train()
         batches = iter(self.make_batches(self.iteration))
-        window: dict[str, list[float]] = defaultdict(list)
+        window: dict[str, list[torch.Tensor]] = defaultdict(list)
+        lrs: list[float] = []
         # on a terminal a progress bar; otherwise (or with progress off) plain periodic lines on stdout
         bar = progress_bar(total=opts.max_iter, initial=self.iteration, enabled=opts.progress and self.dist.is_main,
                            desc="train", unit="it")
         bar_on = not bar.disable
         logger.info(f"training from iteration {self.iteration} to {opts.max_iter}")
         clock, clock_iter = time.perf_counter(), self.iteration
+        self._first_bad = torch.tensor(_NONE, device=self.dist.device)
         try:
             while self.iteration < opts.max_iter:
-                losses, stats = self.run_step(batches)
+                values, lr = self.run_step(batches)
                 self.iteration += 1
-                for k, v in {**losses, **stats}.items():
+                for k, v in values.items():
                     window[k].append(v)
-                loss = sum(losses.values())
+                lrs.append(lr)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{stats['lr']:.2g}", refresh=False)
                 if self.iteration % opts.log_period == 0 or self.iteration == opts.max_iter:
-                    means = {k: sum(v) / len(v) for k, v in window.items()}
-                    means["loss"] = sum(means[k] for k in losses)
+                    self._check_finite()
+                    names = list(window)
+                    means = dict(zip(names, torch.stack([torch.stack(window[k]).mean() for k in names]).tolist(),
+                                     strict=True))  # one transfer from the device per logging point
+                    means["lr"] = sum(lrs) / len(lrs)
+                    means["loss"] = sum(means[k] for k in self._loss_names)
+                    lrs.clear()
                     self.writer.write(self.iteration, "train", means)
                     window.clear()
                     now = time.perf_counter()
                     per_iter = (now - clock) / max(1, self.iteration - clock_iter)
                     clock, clock_iter = now, self.iteration
-                    self._log_line(means, list(losses), per_iter, bar_on)
+                    bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{means['lr']:.2g}")
+                    self._log_line(means, self._loss_names, per_iter, bar_on)
                 if opts.eval_period and self.iteration % opts.eval_period == 0 and self.iteration < opts.max_iter:
+                    self._check_finite()
                     self.run_eval()
                     clock = time.perf_counter()  # evaluation time is not training time
                 if self.iteration % opts.checkpoint_period == 0 or self.iteration == opts.max_iter:
                     self.save()
         finally:
             bar.close()
+        self._check_finite()
         # the end of a run counts as a periodic evaluation only where one was due, so that extending a
         # finished run with a larger max_iter continues exactly as a longer run would have
         periodic = bool(opts.eval_period) and self.iteration % opts.eval_period == 0

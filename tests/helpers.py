@@ -1,8 +1,11 @@
 """Small builders shared by the tests."""
 
+import contextlib
 import os
 import pickle
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = str(ROOT / "configs" / "demo" / "shapes_resnet18_C4.yaml")
@@ -34,3 +37,15 @@ def write_poisoned_pickle(path: Path, wrap, target: Path) -> None:
     `wrap(payload)` places the payload where a real file keeps its arrays."""
     with open(path, "wb") as f:
         pickle.dump(wrap(_Poison(target)), f, protocol=2)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run in-process work on one CPU thread, as the subprocesses it is compared with (OMP_NUM_THREADS=1): other
+    thread counts sum in another order, and a few SGD steps of a tiny network amplify that last-bit difference."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

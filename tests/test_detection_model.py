@@ -87,7 +87,7 @@ def test_sampler_proportions():
 
 def test_proposals_are_clipped_nms_filtered_and_ordered_by_objectness():
     rpn = RegionProposalNetwork(RPNHead(4, 1), AnchorGenerator([16], [1.0], stride=16), nms_thresh=0.7,
-                                post_nms_topk=(3, 3)).eval()
+                                post_nms_topk=(3, 3), min_box_size=0.0).eval()
     anchors = rpn.anchor_generator(torch.zeros(1, 1, 2, 2))  # centres (0,0) (16,0) (0,16) (16,16)
     logits = torch.tensor([[0.1, 0.9, 0.5, 0.7]])
     props = rpn.find_proposals(anchors, logits, torch.zeros(1, 4, 4), [(20, 20)])

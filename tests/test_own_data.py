@@ -336,7 +336,7 @@ def test_predictor_takes_a_path_a_pil_image_or_an_array(detector, shapes):
     assert from_path["names"] == [["ellipse", "rectangle", "triangle"][i - 1] for i in from_path["labels"]]
     # the same as the model called by hand on the tensor
     model, _, _ = load_detector(detector)
-    image = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+    image = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
     with torch.no_grad():
         direct = model.eval()([image])[0]
     assert np.allclose(from_path["boxes"], direct["boxes"].numpy()) and np.array_equal(from_path["labels"],

@@ -87,11 +87,13 @@ def test_msra_weights_need_their_stride_and_input_convention_in_the_detector(msr
     with pytest.raises(UserError, match="trained with stride_in_1x1=true"):
         build_detector(cfg, 3)
     cfg["model"]["backbone_options"]["stride_in_1x1"] = True
+    taken_over = copy.deepcopy(cfg)
+    model = build_detector(taken_over, 3)  # left unset, the input convention is the weights' own
+    assert model.transform.channel_order == "BGR" and taken_over["model"]["pixel_std"] == [1.0, 1.0, 1.0]
+    assert model.transform.pixel_mean.flatten().tolist() == pytest.approx([103.53, 116.28, 123.675])
+    cfg["model"].update(pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375], channel_order="RGB")
     with pytest.raises(UserError, match="expect BGR input .* set model.pixel_mean=\\[103.53"):
-        build_detector(cfg, 3)
-    cfg["model"].update(pixel_mean=[103.53, 116.28, 123.675], pixel_std=[1.0, 1.0, 1.0], channel_order="BGR")
-    model = build_detector(cfg, 3)
-    assert model.transform.channel_order == "BGR"
+        build_detector(cfg, 3)  # set otherwise explicitly: refused
 
 
 def test_a_poisoned_model_zoo_pickle_is_refused_without_running_it(tmp_path):
@@ -131,7 +133,7 @@ def test_convert_weights_round_trips_torchvision_and_msra(tmp_path, msra_file, c
     assert_reproduces(weights, model)
     assert run_cli(convert_weights.main, ["--from", "msra", "--src", str(pkl), "--dst", str(tmp_path / "x.pth"),
                                           "--to", "torchvision", "-o", "width=8"]) == 2
-    assert "has no torchvision equivalent" in capsys.readouterr().err
+    assert "no torchvision equivalent" in capsys.readouterr().err
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(UserError, match="bad.safetensors: not a readable safetensors file"):
         backbones.read_weights(tmp_path / "bad.safetensors")

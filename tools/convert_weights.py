@@ -22,10 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import torchvision
 
 import backbones
 from backbones.features import model_head_prefixes
-from backbones.weights import FORMATS, WeightFile, save_weights
+from backbones.weights import FORMATS, WeightFile, save_weights, torchvision_mismatch
+from detection.data.catalog import parse_class_names
 from detection.train import DEFAULTS as DETECTION_DEFAULTS
 from detection.train import OPEN_KEYS as DETECTION_OPEN_KEYS
 from detection.weights import import_detectron2
@@ -38,15 +40,6 @@ from engine.logs import get_logger
 log = get_logger()
 
 
-def read_class_names(value: str | None) -> list[str] | None:
-    """`a,b,c` or a text file with one name per line."""
-    if value is None:
-        return None
-    if Path(value).is_file():
-        return [line.strip() for line in Path(value).read_text().splitlines() if line.strip()]
-    return [name.strip() for name in value.split(",") if name.strip()]
-
-
 def convert_detector(args: argparse.Namespace, weights: WeightFile) -> str:
     if args.to != "ours":
         raise UserError(f"{args.src}: a detector converts to our detector checkpoint only (--to ours)")
@@ -54,7 +47,7 @@ def convert_detector(args: argparse.Namespace, weights: WeightFile) -> str:
         raise UserError(f"{args.src}: a detectron2 detector needs --config describing its model "
                         "(configs/detection/detectron2_R50_C4.yaml or detectron2_R101_C4.yaml)")
     cfg = load_config(DETECTION_DEFAULTS, args.config, args.overrides, open_keys=DETECTION_OPEN_KEYS)
-    _, checkpoint = import_detectron2(weights, cfg, read_class_names(args.class_names))
+    _, checkpoint = import_detectron2(weights, cfg, parse_class_names(args.class_names))
     out = save_checkpoint(checkpoint, Path(args.dst))
     return f"Faster R-CNN {cfg.model.backbone} C4, {len(checkpoint['class_names'])} classes -> {out}"
 
@@ -69,10 +62,14 @@ def convert_classifier(args: argparse.Namespace, weights: WeightFile) -> str:
     heads = () if head is not None else model_head_prefixes(model)  # detectron2 ResNets have no fc
     backbones.load_weights(model, weights, arch=arch, skip_prefixes=heads)  # proves the weights fit first
     if args.to == "torchvision":
-        if weights.options.get("stride_in_1x1") or weights.input_format or heads:
-            raise UserError(f"{args.src}: {arch} with {weights.options or weights.input_format or 'no fc layer'} has "
-                            "no torchvision equivalent (torchvision strides the 3x3, feeds normalised RGB and has fc)")
-        out = save_checkpoint(dict(model.state_dict()), Path(args.dst))
+        problem = torchvision_mismatch(arch, weights.options, weights.input_format) or (
+            "the file has no classifier layer (fc), which torchvision's models have" if heads else None)
+        if problem:
+            raise UserError(f"{args.src}: no torchvision equivalent: {problem}")
+        state = dict(model.state_dict())
+        reference = getattr(torchvision.models, arch)(num_classes=head.shape[0])
+        reference.load_state_dict(state, strict=True)  # what torchvision users will do with the file
+        out = save_checkpoint(state, Path(args.dst))
     else:
         weights.arch = arch
         out = save_weights(weights, args.dst, arch)
