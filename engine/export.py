@@ -38,12 +38,25 @@ def export_model(model: nn.Module, example: tuple[torch.Tensor, ...], path: str 
                                 f"{torch.__version__}")
             program = torch.onnx.export(model, example, dynamo=True, dynamic_shapes=dynamic_shapes,
                                         input_names=list(input_names), output_names=list(output_names),
-                                        verbose=False)
+                                        verbose=False, custom_translation_table=_onnx_translations())
             program.save(str(tmp))
         else:
             torch.jit.trace(model, example, check_trace=False).save(str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def _onnx_translations() -> dict[Any, Any]:
+    """ONNX for the torchvision ops whose stock translation does not fit the op: `roi_pool` (onnxscript maps
+    the Python `roi_pool(input, boxes, output_size, scale)` signature, not the op's `(input, rois, scale,
+    height, width)`; ONNX MaxRoiPool is the same Caffe RoI pooling, rois as (batch index, x1, y1, x2, y2))."""
+    from onnxscript import opset18 as op
+
+    def roi_pool(input, rois, spatial_scale: float, pooled_height: int, pooled_width: int):
+        pooled = op.MaxRoiPool(input, rois, pooled_shape=(pooled_height, pooled_width), spatial_scale=spatial_scale)
+        return pooled, op.Cast(pooled, to=7)  # the op's second output (argmax, int64) is only used for gradients
+
+    return {torch.ops.torchvision.roi_pool.default: roi_pool}
 
 
 def onnx_max_differences(path: str | os.PathLike, model: nn.Module, inputs: Sequence[tuple[torch.Tensor, ...]],

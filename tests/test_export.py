@@ -46,10 +46,9 @@ def test_classifier_to_onnx_and_torchscript_at_other_sizes(tmp_path, capsys):
     torch.testing.assert_close(torch.jit.load(tmp_path / "r18.ts")(x), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture(scope="module")
-def detector_file(tmp_path_factory):
+def tiny_detector_file(folder, *overrides):
     cfg = load_config(DEFAULTS, ROOT / "configs" / "demo" / "shapes_resnet18_C4.yaml",
-                      ["model.backbone_options.width=8", "model.min_size=[96]", "model.max_size=160"],
+                      ["model.backbone_options.width=8", "model.min_size=[96]", "model.max_size=160", *overrides],
                       open_keys=OPEN_KEYS)
     torch.manual_seed(0)
     detector = build_detector(cfg, 3).eval()
@@ -58,9 +57,22 @@ def detector_file(tmp_path_factory):
         detector.roi_heads.predictor.bbox_pred.weight.normal_(0, 0.05)
         image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0))
         calibrate_frozen_batchnorm(detector, lambda: detector([image]))
-    path = tmp_path_factory.mktemp("det") / "model_final.pth"
+    path = folder / "model_final.pth"
     save_checkpoint(detector_checkpoint(detector, cfg, ["a", "b", "c"]), path)
     return detector, path
+
+
+@pytest.fixture(scope="module")
+def detector_file(tmp_path_factory):
+    return tiny_detector_file(tmp_path_factory.mktemp("det"))
+
+
+def test_the_papers_detector_settings_export_too(tmp_path, capsys):
+    """RoI pooling (ONNX MaxRoiPool) and the 16-pixel proposal minimum at the original scale, within the tool's
+    own onnxruntime check (it exits 2 when the detections differ)."""
+    _, path = tiny_detector_file(tmp_path, "model.roi.pooler=roipool", "model.rpn.min_box_size=16")
+    assert run_cli(export.main, ["--checkpoint", str(path), "--output", str(tmp_path / "paper.onnx")]) == 0
+    assert capsys.readouterr().out.count("onnxruntime vs PyTorch") == 2
 
 
 def test_detector_to_onnx_gives_the_same_detections_at_other_sizes(tmp_path, detector_file, capsys):
