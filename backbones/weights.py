@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from backbones.resnet import IMAGENET_DEPTHS, Bottleneck
-from engine.checkpoint import load_weights_only, save_checkpoint
+from engine.checkpoint import atomic_output, load_weights_only, save_checkpoint
 from engine.errors import UserError
 
 StateDict = Mapping[str, torch.Tensor]
@@ -66,22 +66,51 @@ RECORD_KEYS = ("kind", "config", "class_names", "category_ids", "test")
 FORMATS = ("ours", "torchvision", "timm", "msra", "detectron2")
 
 
-def _empty_array(subtype: type, shape: Any, dtype: Any) -> np.ndarray:
-    """What numpy's pickled `_reconstruct` does: an empty array that the pickle then fills."""
-    if subtype is not np.ndarray:
+class _NdarrayType:
+    """Stands for `numpy.ndarray` in a pickle: only `_reconstruct` may name it; calling it (which would
+    allocate an array of any shape the file declares) is refused."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise pickle.UnpicklingError("refusing to call numpy.ndarray")
+
+
+_NDARRAY = _NdarrayType()
+
+
+def _empty_array(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """What numpy's pickled `_reconstruct` does: an empty array (numpy writes shape (0,)) that the pickle then
+    fills with `__setstate__`, which checks its bytes against the declared shape before allocating. A larger
+    start shape would allocate whatever the file declares: refused."""
+    if subtype is not _NDARRAY:
         raise pickle.UnpicklingError(f"refusing array subtype {subtype!r}")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape)
+            and int(np.prod(shape, dtype=np.int64)) <= 1):
+        raise pickle.UnpicklingError(f"refusing an array pre-allocated with shape {shape!r}")
+    return np.ndarray.__new__(np.ndarray, shape, _plain_dtype(dtype))
+
+
+def _plain_dtype(*args: Any) -> np.dtype:
+    """`numpy.dtype(...)` for numbers, booleans and fixed-size strings; object arrays (which unpickle arbitrary
+    objects) are refused."""
+    try:
+        dtype = np.dtype(*args)
+    except TypeError as exc:
+        raise pickle.UnpicklingError(f"refusing dtype {args!r} ({exc})") from None
+    if dtype.hasobject:
+        raise pickle.UnpicklingError(f"refusing an array of Python objects (dtype {dtype})")
+    return dtype
 
 
 class NumpyUnpickler(pickle.Unpickler):
-    """Builds only plain containers, strings, bytes and numpy arrays: what CIFAR-10 batches and the
-    model-zoo pickles hold. Any other global (a function to call, a class to build) is refused."""
+    """Builds only plain containers, strings, bytes and numpy arrays of numbers or fixed-size strings: what
+    CIFAR-10 batches and the model-zoo pickles hold. Any other global (a function to call, a class to build),
+    an object array, or an array whose declared size its bytes do not back, is refused before allocating."""
 
     _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
         ("numpy.core.multiarray", "_reconstruct"): _empty_array,
         ("numpy._core.multiarray", "_reconstruct"): _empty_array,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
+        ("numpy", "ndarray"): _NDARRAY,
+        ("numpy", "dtype"): _plain_dtype,
         ("_codecs", "encode"): lambda text, encoding="utf-8": text.encode(encoding),
     }
 
@@ -90,6 +119,16 @@ class NumpyUnpickler(pickle.Unpickler):
             return self._ALLOWED[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+
+
+def load_numpy_pickle(path: str | os.PathLike, encoding: str, failure: str) -> Any:
+    """Unpickle `path` with `NumpyUnpickler`; anything it refuses or cannot read is `<path>: <failure> (...)`."""
+    try:
+        with open(path, "rb") as f:
+            return NumpyUnpickler(f, encoding=encoding).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            MemoryError, OverflowError, RecursionError) as exc:
+        raise UserError(f"{path}: {failure} ({exc or type(exc).__name__})") from None
 
 
 MSRA_INPUT = {"pixel_mean": [103.53, 116.28, 123.675], "pixel_std": [1.0, 1.0, 1.0], "channel_order": "BGR"}
@@ -142,11 +181,7 @@ def msra_to_state_dict(blobs: dict[str, np.ndarray], source: str, eps: float = 1
 def read_pickle(path: str) -> WeightFile:
     """A model-zoo pickle: MSRA / Caffe2 blobs (`{"blobs": {name: array}}` or the blobs alone), or a
     detectron2 model (`{"model": {name: array}, "__author__": ...}`)."""
-    try:
-        with open(path, "rb") as f:
-            data = NumpyUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise UserError(f"{path}: not a readable model-zoo pickle ({exc})") from None
+    data = load_numpy_pickle(path, "latin1", "not a readable model-zoo pickle")
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data["model"].items()
                  if isinstance(v, np.ndarray)}
@@ -324,10 +359,10 @@ def save_weights(weights: WeightFile, path: str | os.PathLike, arch: str | None 
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"arch": str(arch), "options": json.dumps(weights.options), "input_format": json.dumps(
             weights.input_format)}
-        save_file({k: v.contiguous() for k, v in weights.state_dict.items()}, str(path), metadata=meta)
+        with atomic_output(path) as tmp:
+            save_file({k: v.contiguous() for k, v in weights.state_dict.items()}, str(tmp), metadata=meta)
         return path
     return save_checkpoint({"arch": arch, "options": weights.options, "input_format": weights.input_format,
                             "state_dict": weights.state_dict}, path)

@@ -8,7 +8,6 @@ Every dataset returns `(image, label)` where `image` is a PIL image (the transfo
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from backbones.weights import NumpyUnpickler
+from backbones.weights import load_numpy_pickle
 from engine.errors import UserError
 from engine.images import IMAGE_EXTENSIONS, load_rgb
 
@@ -65,11 +64,7 @@ def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, list[int]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: CIFAR-10 batch file not found (expected cifar-10-batches-py/{path.name})")
-    try:
-        with open(path, "rb") as f:
-            batch = NumpyUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
-        raise UserError(f"{path}: not a CIFAR-10 python batch ({exc})") from None
+    batch = load_numpy_pickle(path, "bytes", "not a CIFAR-10 python batch")
     if not isinstance(batch, dict):
         raise UserError(f"{path}: not a CIFAR-10 python batch (holds a {type(batch).__name__})")
     batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}

@@ -63,6 +63,19 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 OPEN_KEYS = ("model.options",)
+# the values each key may take (engine.config.check_limits)
+LIMITS = {"data.workers": "[0, inf)", "data.crop_size": "[1, inf)", "data.scale_range": "[1, inf)",
+          "data.lighting": "[0, inf)", "data.test_resize": "[1, inf)", "data.test_scales": "[1, inf)",
+          "data.synthetic.train_size": "[1, inf)", "data.synthetic.val_size": "[1, inf)",
+          "data.synthetic.num_classes": "[2, inf)", "data.synthetic.image_size": "[8, inf)",
+          "solver.batch_size": "[1, inf)", "solver.accumulate": "[1, inf)", "solver.lr": "(0, inf)",
+          "solver.momentum": "[0, 1)", "solver.weight_decay": "[0, inf)", "solver.max_iter": "[1, inf)",
+          "solver.epochs": "(0, inf)", "solver.steps": "[1, inf)", "solver.gamma": "(0, inf)",
+          "solver.warmup_iters": "[0, inf)", "solver.warmup_factor": "[0, 1]", "solver.warmup_until_error": "[0, 100]",
+          "solver.error_window": "[1, inf)", "solver.plateau_patience": "[0, inf)",
+          "solver.plateau_threshold": "[0, inf)", "solver.clip_grad_norm": "[0, inf)", "train.log_period": "[1, inf)",
+          "train.eval_period": "[0, inf)", "train.checkpoint_period": "[1, inf)", "train.keep_checkpoints": "[1, inf)",
+          "train.eval_batch_size": "[1, inf)", "train.recompute_bn": "[0, inf)"}
 logger = get_logger("classification")
 
 

@@ -60,6 +60,23 @@ MODEL_DEFAULTS: dict[str, Any] = {
 }
 
 
+POSITIVE, NON_NEGATIVE, FRACTION = "(0, inf)", "[0, inf)", "[0, 1]"
+# the values each key may take (engine.config.check_limits), checked where a recipe, flag or override sets them
+MODEL_LIMITS = {
+    "freeze_at": NON_NEGATIVE, "pixel_std": POSITIVE, "min_size": "[1, inf)", "max_size": "[1, inf)",
+    "test_min_size": "[1, inf)", "size_divisibility": NON_NEGATIVE, "anchor_sizes": POSITIVE,
+    "aspect_ratios": POSITIVE, "rpn.batch_size_per_image": "[1, inf)", "rpn.positive_fraction": FRACTION,
+    "rpn.iou_thresholds": FRACTION, "rpn.pre_nms_topk_train": "[1, inf)", "rpn.post_nms_topk_train": "[1, inf)",
+    "rpn.pre_nms_topk_test": "[1, inf)", "rpn.post_nms_topk_test": "[1, inf)", "rpn.nms_thresh": FRACTION,
+    "rpn.min_box_size": NON_NEGATIVE, "rpn.allowed_border": "[-1, inf)", "rpn.smooth_l1_beta": NON_NEGATIVE,
+    "rpn.loss_weight": NON_NEGATIVE, "roi.pooler_resolution": "[1, inf)", "roi.sampling_ratio": NON_NEGATIVE,
+    "roi.batch_size_per_image": "[1, inf)", "roi.positive_fraction": FRACTION, "roi.fg_iou": FRACTION,
+    "roi.bg_iou_low": FRACTION, "roi.bbox_reg_weights": POSITIVE, "roi.smooth_l1_beta": NON_NEGATIVE,
+    "roi.score_thresh": FRACTION, "roi.nms_thresh": FRACTION, "roi.detections_per_image": "[1, inf)",
+    "roi.dropout": "[0, 1)",
+}
+
+
 def _load_classifier(m: DictConfig | dict, weights: WeightFile | None) -> nn.Module:
     """The registry classifier the detector is cut from, with ImageNet `weights` (a classifier's, or the ResNet
     of a detectron2 detector) when given."""

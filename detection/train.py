@@ -17,7 +17,15 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
-from detection.build import MODEL_DEFAULTS, build_detector, detector_checkpoint
+from detection.build import (
+    FRACTION,
+    MODEL_DEFAULTS,
+    MODEL_LIMITS,
+    NON_NEGATIVE,
+    POSITIVE,
+    build_detector,
+    detector_checkpoint,
+)
 from detection.data.catalog import build_detection_dataset
 from detection.data.common import DetectionDataset, collate_detection, load_image
 from detection.data.transforms import DetectionAugmentation
@@ -45,6 +53,14 @@ DEFAULTS: dict[str, Any] = {
     "test": {"metrics": None, "batch_size": 2, "backend": "pycocotools", "vis_images": 4, "vis_score_thresh": 0.5},
 }
 OPEN_KEYS = ("model.backbone_options",)
+LIMITS = {**{f"model.{k}": v for k, v in MODEL_LIMITS.items()},
+          "data.workers": NON_NEGATIVE, "data.flip_prob": FRACTION, "solver.ims_per_batch": "[1, inf)",
+          "solver.accumulate": "[1, inf)", "solver.lr": POSITIVE, "solver.momentum": "[0, 1)",
+          "solver.weight_decay": NON_NEGATIVE, "solver.max_iter": "[1, inf)", "solver.steps": "[1, inf)",
+          "solver.gamma": POSITIVE, "solver.warmup_iters": NON_NEGATIVE, "solver.warmup_factor": FRACTION,
+          "solver.clip_grad_norm": NON_NEGATIVE, "train.log_period": "[1, inf)", "train.eval_period": NON_NEGATIVE,
+          "train.checkpoint_period": "[1, inf)", "train.keep_checkpoints": "[1, inf)",
+          "test.batch_size": "[1, inf)", "test.vis_images": NON_NEGATIVE, "test.vis_score_thresh": FRACTION}
 logger = get_logger("detection")
 
 

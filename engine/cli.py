@@ -12,10 +12,47 @@ from typing import Any
 from omegaconf import DictConfig
 
 from engine.config import config_layers, merge_layers, resume_config
+from engine.distributed import cleanup
 from engine.errors import UserError
 from engine.logs import setup_console
 
 EXIT_USER_ERROR = 2
+
+
+class ToolParser(argparse.ArgumentParser):
+    """argparse for the tools: a bad flag is a `UserError` (one line, exit 2, as every other bad input) rather
+    than argparse's usage dump; `--help` shows the description once, then the examples as written."""
+
+    def __init__(self, doc: str, **kwargs: Any) -> None:
+        first, _, rest = doc.strip().partition("\n")
+        super().__init__(description=first, epilog=rest.strip("\n") or None,
+                         formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(message)
+
+
+def _number(kind: type, low: float, strict: bool) -> Callable[[str], Any]:
+    words = {(int, 1, False): "a positive integer", (int, 0, False): "an integer >= 0",
+             (float, 0, True): "a number > 0", (float, 0, False): "a number >= 0"}[(kind, low, strict)]
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text!r}") from None
+        if value < low or (strict and value == low) or (kind is float and value != value):
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text!r}")
+        return value
+
+    parse.__name__ = words
+    return parse
+
+
+positive_int = _number(int, 1, False)
+non_negative_int = _number(int, 0, False)
+positive_float = _number(float, 0, True)
+non_negative_float = _number(float, 0, False)
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
@@ -36,6 +73,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        cleanup()  # leave the process group (torchrun) before the interpreter tears its threads down
 
 
 def _one_line(exc: UserError) -> str:
@@ -53,7 +92,8 @@ def _describe_os_error(exc: OSError) -> str:
 
 
 def run_config(defaults: Mapping[str, Any], args: argparse.Namespace, flag_keys: Mapping[str, str],
-               open_keys: Iterable[str] = (), may_change: Iterable[str] = ()) -> DictConfig:
+               open_keys: Iterable[str] = (), may_change: Iterable[str] = (),
+               limits: Mapping[str, str] | None = None) -> DictConfig:
     """A training run's configuration: defaults <- `--config` recipe <- flags (`flag_keys` maps an argparse
     dest to its config key; flags left at None are not given) <- `key=value` overrides. With `--resume` into
     a folder that holds a run, that run's saved `config.yaml` instead, which what is given again must agree
@@ -63,5 +103,5 @@ def run_config(defaults: Mapping[str, Any], args: argparse.Namespace, flag_keys:
     layers = config_layers(args.config, args.overrides, flags)
     saved = Path(args.output) / "config.yaml"
     if args.resume and saved.is_file():
-        return resume_config(defaults, saved, layers, open_keys, may_change)
-    return merge_layers(defaults, layers, open_keys)
+        return resume_config(defaults, saved, layers, open_keys, may_change, limits)
+    return merge_layers(defaults, layers, open_keys, limits)

@@ -88,8 +88,38 @@ def config_layers(path: str | os.PathLike | None = None, overrides: Sequence[str
     return layers
 
 
-def merge_layers(defaults: Mapping[str, Any], layers: Sequence[Layer], open_keys: Iterable[str] = ()) -> DictConfig:
-    """Defaults <- each layer, checked for unknown keys and wrong types as it is merged."""
+Limits = Mapping[str, str]  # config key -> the interval its value (or each value of a list) must lie in
+
+
+def _interval(spec: str) -> tuple[float, float, bool, bool, str]:
+    """`"[1, inf)"` -> (1, inf, closed low, open high, "must be >= 1")."""
+    low_text, high_text = (part.strip() for part in spec[1:-1].split(","))
+    low, high = float(low_text), float(high_text)
+    closed_low, closed_high = spec[0] == "[", spec[-1] == "]"
+    if high == float("inf"):
+        words = f"must be {'>=' if closed_low else '>'} {low_text}"
+    else:
+        words = f"must be between {low_text} and {high_text}"
+    return low, high, closed_low, closed_high, words
+
+
+def check_limits(cfg: DictConfig, limits: Limits, source: str) -> None:
+    """Every value under `limits` lies in its interval (None is "unset" and passes)."""
+    for key, spec in limits.items():
+        value = to_plain(OmegaConf.select(cfg, key))
+        low, high, closed_low, closed_high, words = _interval(spec)
+        for v in value if isinstance(value, list) else [value]:
+            if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            inside = (v >= low if closed_low else v > low) and (v <= high if closed_high else v < high)
+            if not inside or v != v:
+                raise UserError(f"{source}: {key} {words}, got {value!r}")
+
+
+def merge_layers(defaults: Mapping[str, Any], layers: Sequence[Layer], open_keys: Iterable[str] = (),
+                 limits: Limits | None = None) -> DictConfig:
+    """Defaults <- each layer, checked for unknown keys, wrong types and values outside `limits` as it is
+    merged, so that the error names the file, flag or override that brought the value."""
     cfg = OmegaConf.create(dict(defaults))
     OmegaConf.set_struct(cfg, True)
     for key in open_keys:
@@ -104,14 +134,16 @@ def merge_layers(defaults: Mapping[str, Any], layers: Sequence[Layer], open_keys
                 reason = f"unknown key {key!r}"
             raise UserError(f"{source}: {reason}") from None
         _check_types(defaults, OmegaConf.to_container(cfg, resolve=True), source)
+        check_limits(cfg, limits or {}, source)
     return cfg
 
 
 def load_config(defaults: Mapping[str, Any], path: str | os.PathLike | None = None,
                 overrides: Sequence[str] = (), open_keys: Iterable[str] = (),
-                flags: Mapping[str, tuple[str, Any]] | None = None) -> DictConfig:
-    """Defaults <- recipe file <- flags <- `key=value` overrides, each checked for unknown keys and wrong types."""
-    return merge_layers(defaults, config_layers(path, overrides, flags), open_keys)
+                flags: Mapping[str, tuple[str, Any]] | None = None, limits: Limits | None = None) -> DictConfig:
+    """Defaults <- recipe file <- flags <- `key=value` overrides, each checked for unknown keys, wrong types and
+    values outside `limits`."""
+    return merge_layers(defaults, config_layers(path, overrides, flags), open_keys, limits)
 
 
 def _leaves(tree: Any, prefix: str = "") -> Iterator[str]:
@@ -123,13 +155,14 @@ def _leaves(tree: Any, prefix: str = "") -> Iterator[str]:
 
 
 def resume_config(defaults: Mapping[str, Any], saved: str | os.PathLike, layers: Sequence[Layer],
-                  open_keys: Iterable[str] = (), may_change: Iterable[str] = ()) -> DictConfig:
+                  open_keys: Iterable[str] = (), may_change: Iterable[str] = (),
+                  limits: Limits | None = None) -> DictConfig:
     """The configuration a resumed run continues with: the one saved in its folder (`saved`). What the command
     line gives again (`layers`) must agree with it, except keys under `may_change` (e.g. a longer
     `solver.max_iter`, another `data.workers`), which are taken from the command line."""
     open_keys = list(open_keys)
-    stored = merge_layers(defaults, [(str(saved), _read_yaml(Path(saved)))], open_keys)
-    given = merge_layers(defaults, layers, open_keys)
+    stored = merge_layers(defaults, [(str(saved), _read_yaml(Path(saved)))], open_keys, limits)
+    given = merge_layers(defaults, layers, open_keys, limits)
     changeable = tuple(may_change)
     for source, layer in layers:
         container = OmegaConf.to_container(layer) if isinstance(layer, DictConfig) else layer

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from engine.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -26,10 +28,26 @@ class DistInfo:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present, else the CPU."""
+    """`auto` picks CUDA when present, else the CPU; `cpu`, `cuda`, `cuda:N` (and `mps`) must exist on this
+    machine: a device that is not there is a `UserError` naming `--device`, not a crash at the first tensor."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__}, "
+                            f"CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"--device {name}: this machine has {count} CUDA device(s), numbered 0..{count - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {name}: unsupported device type {device.type!r}; use auto, cpu or cuda")
+    return device
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.checkpoint import atomic_output
 from engine.errors import UserError
 
 FORMATS = ("onnx", "torchscript")
@@ -27,10 +28,8 @@ def export_model(model: nn.Module, example: tuple[torch.Tensor, ...], path: str 
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
-    tmp = path.with_name(path.name + ".tmp")
-    with torch.no_grad(), warnings.catch_warnings():
+    with atomic_output(path) as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation and tracer chatter
         if fmt == "onnx":
             if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
@@ -42,7 +41,6 @@ def export_model(model: nn.Module, example: tuple[torch.Tensor, ...], path: str 
             program.save(str(tmp))
         else:
             torch.jit.trace(model, example, check_trace=False).save(str(tmp))
-    os.replace(tmp, path)
     return path
 
 

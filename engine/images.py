@@ -8,6 +8,7 @@ annotations, training, evaluation, prediction and drawing all agree on one orien
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,12 +23,18 @@ _TRANSPOSED = (5, 6, 7, 8)  # orientations that swap width and height
 
 @contextmanager
 def _open(path: str | os.PathLike) -> Iterator[Image.Image]:
-    """PIL's open, with a missing or undecodable file as a one-line `UserError` naming it."""
+    """PIL's open, with a missing or undecodable file as a one-line `UserError` naming it. An image whose
+    header declares more than Pillow's `Image.MAX_IMAGE_PIXELS` (~89 million; a "decompression bomb", which
+    Pillow only warns about below twice that) is refused before any pixel is decoded: memory stays flat."""
     try:
-        with Image.open(path) as img:
-            yield img
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                yield img
     except FileNotFoundError:
         raise UserError(f"{path}: image file not found") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(f"{path}: image too large to decode safely ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UserError(f"{path}: unreadable image ({exc})") from None
 

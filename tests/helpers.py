@@ -3,6 +3,8 @@
 import contextlib
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -49,3 +51,12 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --standalone` on the CPU with one thread per process; a failure shows the processes' stderr."""
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                             str(processes), *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"torchrun exited {result.returncode}:\n{result.stderr[-4000:]}"
+    return result

@@ -1,10 +1,7 @@
 """Classification data, transforms, evaluation and training through `tools/train_cls.py`."""
 
 import json
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +17,10 @@ from classification.train import recompute_bn_stats
 from classification.transforms import PCALighting, eval_transform, train_transform
 from engine.cli import run_cli
 from engine.errors import UserError
-from tests.helpers import one_thread, write_poisoned_pickle
+from tests.helpers import one_thread, torchrun, write_poisoned_pickle
+from tools import analyze_responses, eval_cls, train_cls
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import analyze_responses  # noqa: E402
-import eval_cls  # noqa: E402
-import train_cls  # noqa: E402
 
 COLOURS = np.array([[220, 30, 30], [30, 200, 40], [40, 60, 220], [230, 220, 40], [200, 40, 200],
                     [40, 210, 210], [120, 60, 20], [250, 150, 60], [128, 128, 128], [20, 20, 20]], dtype=np.float64)
@@ -204,11 +198,8 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     single = tmp_path / "single"
     with one_thread():
         assert run_cli(train_cls.main, ["--output", str(single), *common, "--accumulate", "2"]) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = tmp_path / "ddp"
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    str(ROOT / "tools" / "train_cls.py"), "--output", str(ddp), *common, "--device", "cpu"],
-                   check=True, env=env, capture_output=True, timeout=300)
+    torchrun(str(ROOT / "tools" / "train_cls.py"), "--output", str(ddp), *common, "--device", "cpu")
     a = torch.load(single / "model_final.pth", weights_only=True)["state_dict"]
     b = torch.load(ddp / "model_final.pth", weights_only=True)["state_dict"]
     params = [k for k in a if "running" not in k and "num_batches" not in k]

@@ -4,7 +4,6 @@ and an independent implementation's published values, results files, and the eva
 import contextlib
 import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +22,7 @@ from detection.evaluation import (
 from engine.cli import run_cli
 from engine.errors import UserError
 from tests.helpers import voc_xml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import eval_det
+from tools import eval_det
 
 
 def _gt(image_id, boxes, labels, ignore=None, name=None):
@@ -127,8 +124,9 @@ def _random_coco(tmp_path, seed=0, images=30):
                                       "bbox": [x, y, w, h], "area": w * h, "iscrowd": int(rng.random() < 0.05)})
             if rng.random() < 0.8:
                 jitter = rng.normal(0, 6, 4)
+                size = [max(1.0, w + jitter[2]), max(1.0, h + jitter[3])]
                 results.append({"image_id": i, "category_id": cat if rng.random() < 0.9 else 1,
-                                "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]],
+                                "bbox": [x + jitter[0], y + jitter[1], *size],
                                 "score": float(rng.random())})
         for _ in range(rng.integers(0, 3)):
             results.append({"image_id": i, "category_id": 3, "bbox": [*rng.uniform(0, 400, 2), 30, 30],

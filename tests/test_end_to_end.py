@@ -15,13 +15,9 @@ import torch
 from detection.data.shapes import make_shapes
 from engine.cli import run_cli
 from tests.helpers import DEMO_CONFIG, TINY_DETECTOR
+from tools import demo, eval_det, predict, train_det
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import demo  # noqa: E402
-import eval_det  # noqa: E402
-import predict  # noqa: E402
-import train_det  # noqa: E402
 
 TINY = TINY_DETECTOR
 
@@ -102,7 +98,7 @@ def test_cli_error_paths_are_one_line(tmp_path, shapes, capsys):
 @pytest.mark.slow
 def test_a_run_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path, shapes):
     args = [sys.executable, str(ROOT / "tools" / "train_det.py"), "--config", DEMO_CONFIG, "--data", str(shapes),
-            "--max-iter", "10", "--no-progress", *TINY, "train.checkpoint_period=2", "train.eval_period=0"]
+            "--max-iter", "40", "--no-progress", *TINY, "train.checkpoint_period=2", "train.eval_period=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([*args, "--output", str(tmp_path / "once")], check=True, env=env, capture_output=True, timeout=600)
     killed = tmp_path / "killed"

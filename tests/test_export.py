@@ -1,7 +1,6 @@
 """Deployment: classifiers and the detector exported to ONNX (checked with onnxruntime, an independent
 runtime), TorchScript and torch.export programs, at input sizes other than the one exported with."""
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +15,9 @@ from detection.train import DEFAULTS, OPEN_KEYS
 from engine.checkpoint import save_checkpoint
 from engine.cli import run_cli
 from engine.config import load_config
+from tools import export
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import export  # noqa: E402
 
 onnxruntime = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.slow  # each export traces the model: seconds, not milliseconds

@@ -6,7 +6,6 @@ import contextlib
 import io
 import json
 import shutil
-import sys
 
 import cv2
 import numpy as np
@@ -27,14 +26,8 @@ from detection.predictor import Predictor
 from engine.cli import run_cli
 from engine.errors import UserError
 from engine.images import image_size, load_rgb
-from tests.helpers import DEMO_CONFIG, ROOT, TINY_DETECTOR, voc_xml
-
-sys.path.insert(0, str(ROOT / "tools"))
-import eval_cls
-import eval_det
-import predict
-import train_cls
-import train_det
+from tests.helpers import DEMO_CONFIG, TINY_DETECTOR, voc_xml
+from tools import eval_cls, eval_det, predict, train_cls, train_det
 
 EXIF_ROTATE_90_CW = 6  # displayed = stored turned 90 degrees clockwise
 

@@ -4,9 +4,6 @@ exports torchvision can load, detectron2's inference rules, and no host syncs in
 
 import copy
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -37,13 +34,8 @@ from engine.config import load_config
 from engine.distributed import DistInfo
 from engine.schedule import LRSchedule
 from engine.trainer import Trainer, TrainerOptions
-from tests.helpers import DEMO_CONFIG, ROOT, TINY_DETECTOR, one_thread, voc_xml
-
-sys.path.insert(0, str(ROOT / "tools"))
-import convert_weights
-import train_cls
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+from tests.helpers import DEMO_CONFIG, ROOT, TINY_DETECTOR, one_thread, torchrun, voc_xml
+from tools import convert_weights, train_cls
 
 
 def tiny_detector(**model):
@@ -125,11 +117,6 @@ def test_a_detector_step_under_bf16_autocast_keeps_proposals_and_rois_float32(mo
 
 
 # ----- 3 and 4. several processes: the error-based warm-up and exact resume --------------------------------------
-def torchrun(script_args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           *script_args], check=True, env=ENV, capture_output=True, timeout=600, **kwargs)
-
-
 def test_error_based_warm_up_is_decided_on_the_global_error(tmp_path):
     """Each process sees half the batch; with a one-iteration error window their local errors fall under the
     threshold at different iterations. Deciding on the all-reduced error keeps every replica's learning rate
@@ -140,7 +127,7 @@ def test_error_based_warm_up_is_decided_on_the_global_error(tmp_path):
     single = tmp_path / "single"
     with one_thread():
         assert run_cli(train_cls.main, ["--output", str(single), *common, "--accumulate", "2"]) == 0
-    torchrun([str(ROOT / "tools" / "train_cls.py"), "--output", str(tmp_path / "ddp"), *common, "--device", "cpu"])
+    torchrun(str(ROOT / "tools" / "train_cls.py"), "--output", str(tmp_path / "ddp"), *common, "--device", "cpu")
     a = torch.load(single / "model_final.pth", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "ddp" / "model_final.pth", weights_only=True)["state_dict"]
     for k in (k for k in a if "running" not in k and "num_batches" not in k):
@@ -156,10 +143,10 @@ def test_two_process_detector_training_resumes_bit_exactly(tmp_path):
     args = [str(ROOT / "tools" / "train_det.py"), "--config", DEMO_CONFIG, "--data", str(shapes), "--device", "cpu",
             "--no-progress", *TINY_DETECTOR, "solver.ims_per_batch=4", "train.checkpoint_period=2",
             "test.vis_images=0", "train.eval_period=0"]
-    torchrun([*args, "--output", str(tmp_path / "once"), "--max-iter", "4"])
-    torchrun([*args, "--output", str(tmp_path / "twice"), "--max-iter", "2"])
-    torchrun([str(ROOT / "tools" / "train_det.py"), "--output", str(tmp_path / "twice"), "--resume", "--max-iter", "4",
-              "--no-progress"])  # the folder's saved configuration
+    torchrun(*args, "--output", str(tmp_path / "once"), "--max-iter", "4")
+    torchrun(*args, "--output", str(tmp_path / "twice"), "--max-iter", "2")
+    torchrun(str(ROOT / "tools" / "train_det.py"), "--output", str(tmp_path / "twice"), "--resume", "--max-iter", "4",
+             "--no-progress")  # the folder's saved configuration
     once = torch.load(tmp_path / "once" / "model_final.pth", weights_only=True)["state_dict"]
     twice = torch.load(tmp_path / "twice" / "model_final.pth", weights_only=True)["state_dict"]
     assert all(torch.equal(once[k], twice[k]) for k in once)

@@ -1,8 +1,6 @@
 """Parameter/FLOP counts against the paper, weight files read safely, the model_stats tool."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +10,7 @@ import backbones
 from engine.cli import run_cli
 from engine.errors import UserError
 from tests.helpers import write_poisoned_pickle
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-import model_stats
+from tools import model_stats
 
 PAPER_NAMES = [n for n in backbones.list_models() if backbones.model_info(n).paper and n != "cifar_resnet1202"]
 

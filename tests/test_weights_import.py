@@ -2,8 +2,6 @@
 
 import copy
 import pickle
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,6 @@ from detection.build import MODEL_DEFAULTS, build_detector
 from engine.cli import run_cli
 from engine.errors import UserError
 from tests.helpers import write_poisoned_pickle
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 EPS = 1e-5
 
@@ -109,7 +105,7 @@ def test_a_poisoned_model_zoo_pickle_is_refused_without_running_it(tmp_path):
 
 
 def test_convert_weights_round_trips_torchvision_and_msra(tmp_path, msra_file, capsys):
-    import convert_weights
+    from tools import convert_weights
     import torchvision
 
     reference = torchvision.models.resnet18()
@@ -201,7 +197,7 @@ def test_a_detectron2_checkpoint_loads_and_reproduces_the_known_detector(tmp_pat
             torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5)
         assert checkpoint["class_names"] == ["a", "b", "c"] and checkpoint["config"]["model"]["weights"] is None
 
-    import convert_weights
+    from tools import convert_weights
 
     from detection.build import load_detector
 

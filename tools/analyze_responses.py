@@ -7,17 +7,20 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import json
 from collections.abc import Sequence
 from itertools import islice
-from pathlib import Path
 
 from classification.analysis import plot_responses, response_stds
 from classification.evaluate import load_classifier
 from classification.train import DEFAULTS, OPEN_KEYS, eval_loader
-from engine.cli import run_cli
+from engine.cli import ToolParser, positive_int, run_cli
 from engine.config import load_config
 from engine.distributed import init_distributed
 from engine.errors import UserError
@@ -27,15 +30,14 @@ log = get_logger()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ToolParser(__doc__)
     parser.add_argument("--weights", nargs="+", required=True, help="model_final.pth of each network")
     parser.add_argument("--labels", nargs="*", help="legend labels (default: the architectures)")
     parser.add_argument("--dataset", required=True, choices=["imagenet", "cifar10", "synthetic"])
     parser.add_argument("--data", help="dataset root")
     parser.add_argument("--split")
-    parser.add_argument("--batches", type=int, default=20, help="validation batches to measure on")
-    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--batches", type=positive_int, default=20, help="validation batches to measure on")
+    parser.add_argument("--batch-size", type=positive_int, default=100)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--output", default="responses.png", help="PNG; the numbers go beside it as .json")
     parser.add_argument("--debug", action="store_true")

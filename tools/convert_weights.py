@@ -16,10 +16,14 @@ detector checkpoint for `eval_det.py --checkpoint` and `predict.py`, built from 
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+from collections.abc import Sequence
 
 import torch
 import torchvision
@@ -29,10 +33,11 @@ from backbones.features import model_head_prefixes
 from backbones.weights import FORMATS, WeightFile, save_weights, torchvision_mismatch
 from detection.data.catalog import parse_class_names
 from detection.train import DEFAULTS as DETECTION_DEFAULTS
+from detection.train import LIMITS as DETECTION_LIMITS
 from detection.train import OPEN_KEYS as DETECTION_OPEN_KEYS
 from detection.weights import import_detectron2
 from engine.checkpoint import save_checkpoint
-from engine.cli import run_cli
+from engine.cli import ToolParser, run_cli
 from engine.config import load_config, parse_key_values
 from engine.errors import UserError
 from engine.logs import get_logger
@@ -46,7 +51,8 @@ def convert_detector(args: argparse.Namespace, weights: WeightFile) -> str:
     if not args.config:
         raise UserError(f"{args.src}: a detectron2 detector needs --config describing its model "
                         "(configs/detection/detectron2_R50_C4.yaml or detectron2_R101_C4.yaml)")
-    cfg = load_config(DETECTION_DEFAULTS, args.config, args.overrides, open_keys=DETECTION_OPEN_KEYS)
+    cfg = load_config(DETECTION_DEFAULTS, args.config, args.overrides, open_keys=DETECTION_OPEN_KEYS,
+                      limits=DETECTION_LIMITS)
     _, checkpoint = import_detectron2(weights, cfg, parse_class_names(args.class_names))
     out = save_checkpoint(checkpoint, Path(args.dst))
     return f"Faster R-CNN {cfg.model.backbone} C4, {len(checkpoint['class_names'])} classes -> {out}"
@@ -79,8 +85,7 @@ def convert_classifier(args: argparse.Namespace, weights: WeightFile) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ToolParser(__doc__)
     parser.add_argument("--from", dest="source", choices=FORMATS,
                         help="the file's layout (default: told from the file; given, a different layout is an error)")
     parser.add_argument("--src", required=True, help="input: .pth/.bin state dict or checkpoint, .pkl, .safetensors")

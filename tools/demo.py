@@ -13,22 +13,21 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-import shutil
 import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
 
-import eval_det
-import make_shapes
-import train_cls
-import train_det
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.cli import run_cli
+import json
+import shutil
+import time
+from collections.abc import Sequence
+
+from engine.cli import ToolParser, non_negative_int, positive_int, run_cli
 from engine.errors import UserError
 from engine.logs import get_logger
+from tools import eval_det, make_shapes, train_cls, train_det
 
 log = get_logger()
 
@@ -69,15 +68,14 @@ def report(out: Path, timings: dict[str, float], scratch: bool) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ToolParser(__doc__)
     parser.add_argument("--output", default="runs/demo")
-    parser.add_argument("--num-train", type=int, default=300)
-    parser.add_argument("--num-val", type=int, default=50)
-    parser.add_argument("--cls-iters", type=int, default=300)
-    parser.add_argument("--det-iters", type=int, default=1200)
+    parser.add_argument("--num-train", type=positive_int, default=300)
+    parser.add_argument("--num-val", type=positive_int, default=50)
+    parser.add_argument("--cls-iters", type=positive_int, default=300)
+    parser.add_argument("--det-iters", type=positive_int, default=1200)
     parser.add_argument("--compare-scratch", action="store_true", help="also train the detector from scratch")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=non_negative_int, default=2)
     parser.add_argument("--small", action="store_true", help="tiny networks and images (a smoke test, seconds)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true")

@@ -9,16 +9,19 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import json
+from collections.abc import Sequence
 
 import backbones
 from classification.evaluate import evaluate, load_classifier
-from classification.train import DEFAULTS, OPEN_KEYS, eval_loader
-from engine.cli import run_cli
+from classification.train import DEFAULTS, LIMITS, OPEN_KEYS, eval_loader
+from engine.cli import ToolParser, non_negative_int, positive_int, run_cli
 from engine.config import load_config, parse_key_values
 from engine.distributed import init_distributed
 from engine.errors import UserError
@@ -26,8 +29,7 @@ from engine.logs import get_logger
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ToolParser(__doc__)
     parser.add_argument("--weights", required=True, help="model_final.pth, a training checkpoint or a state dict")
     parser.add_argument("--arch", help="registry name (read from our checkpoints when omitted)")
     parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE")
@@ -38,8 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     views = parser.add_mutually_exclusive_group()
     views.add_argument("--ten-crop", action="store_true")
     views.add_argument("--multi-scale", action="store_true", help="shorter sides 224, 256, 384, 480, 640")
-    parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--workers", type=int)
+    parser.add_argument("--batch-size", type=positive_int, default=50)
+    parser.add_argument("--workers", type=non_negative_int)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", help="write the metrics to this file")
     parser.add_argument("--debug", action="store_true")
@@ -54,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
              ("data.dataset", "--dataset", args.dataset), ("data.root", "--data", args.data),
              ("data.workers", "--workers", args.workers), ("train.device", "--device", args.device))
     flags = {key: (flag, value) for key, flag, value in given if value is not None}
-    cfg = load_config(DEFAULTS, None, args.overrides, open_keys=OPEN_KEYS, flags=flags)
+    cfg = load_config(DEFAULTS, None, args.overrides, open_keys=OPEN_KEYS, flags=flags, limits=LIMITS)
     dist = init_distributed(args.device)
     model, arch = load_classifier(weights, args.arch, parse_key_values(args.option))
     mode = "ten_crop" if args.ten_crop else "multi_scale" if args.multi_scale else "center"

@@ -21,10 +21,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
+
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from collections.abc import Sequence
 
 from detection.build import load_detector
 from detection.data.catalog import DATASETS, build_detection_dataset, parse_class_names
@@ -38,7 +41,7 @@ from detection.evaluation.evaluator import (
 )
 from detection.evaluation.voc import read_voc_results, write_voc_results
 from detection.inference import default_metrics, run_inference, score
-from engine.cli import run_cli
+from engine.cli import ToolParser, non_negative_int, positive_int, run_cli
 from engine.distributed import init_distributed
 from engine.errors import UserError
 from engine.logs import get_logger
@@ -47,8 +50,7 @@ log = get_logger()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ToolParser(__doc__)
     parser.add_argument("--annotations", "--val-ann", dest="annotations",
                         help="a COCO-format json (any name) instead of --dataset/--data")
     parser.add_argument("--images", "--val-images", dest="images",
@@ -66,8 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="one or more of coco, voc07, voc12 (default: coco; with --checkpoint the dataset's own)")
     parser.add_argument("--no-eval", action="store_true", help="with --checkpoint: write the results files to "
                         "--output without scoring (VOC2012 test, COCO test-dev: no public annotations)")
-    parser.add_argument("--batch-size", type=int, default=2, help="images per inference batch (--checkpoint)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=positive_int, default=2, help="images per inference batch (--checkpoint)")
+    parser.add_argument("--workers", type=non_negative_int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     parser.add_argument("--backend", choices=BACKENDS, default="pycocotools", help="COCO evaluation backend")

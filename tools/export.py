@@ -14,8 +14,12 @@ image-size logic, which the ONNX export keeps symbolic.
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from collections.abc import Sequence
 
 import numpy as np
@@ -26,7 +30,7 @@ from classification.evaluate import load_classifier
 from detection.build import detector_from_checkpoint
 from detection.faster_rcnn import SingleImageDetector
 from engine.checkpoint import load_checkpoint
-from engine.cli import run_cli
+from engine.cli import ToolParser, positive_int, run_cli
 from engine.config import parse_key_values
 from engine.errors import UserError
 from engine.export import FORMATS, export_model, onnx_max_differences
@@ -40,12 +44,11 @@ TOLERANCE = {"logits": 1e-4, "scores": 1e-4, "boxes": 1e-3, "labels": 0.0}
 
 @torch.no_grad()  # not torch.set_grad_enabled: in-process callers keep their gradients
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ToolParser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="model_final.pth of train_cls/train_det, or weights")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--output", required=True)
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="example input size "
+    parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), help="example input size "
                         "(default 224 224 for classifiers; for detectors the test size by 4/3 of it)")
     parser.add_argument("--arch", help="classifier weights that do not record their architecture")
     parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",

@@ -6,12 +6,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from collections.abc import Sequence
 
 from detection.data.shapes import make_crops, make_shapes
-from engine.cli import run_cli
+from engine.cli import ToolParser, non_negative_int, positive_int, run_cli
 from engine.errors import UserError
 from engine.logs import get_logger
 
@@ -19,13 +23,13 @@ log = get_logger()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ToolParser(__doc__)
     parser.add_argument("--out", required=True, help="output folder (train/, val/, annotations/)")
-    parser.add_argument("--num-train", type=int, default=300)
-    parser.add_argument("--num-val", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--min-side", type=int, default=160, help="smallest image side in pixels")
-    parser.add_argument("--max-side", type=int, default=256, help="largest image side in pixels")
+    parser.add_argument("--num-train", type=positive_int, default=300)
+    parser.add_argument("--num-val", type=positive_int, default=50)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--min-side", type=positive_int, default=160, help="smallest image side in pixels")
+    parser.add_argument("--max-side", type=positive_int, default=256, help="largest image side in pixels")
     parser.add_argument("--crops", help="also write an ImageNet-layout classification set of object crops here")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)

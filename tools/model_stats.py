@@ -7,13 +7,17 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import json
 from collections.abc import Sequence
 
 import backbones
-from engine.cli import run_cli
+from engine.cli import ToolParser, positive_int, run_cli
 from engine.config import parse_key_values
 from engine.errors import UserError
 
@@ -36,9 +40,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ToolParser(__doc__)
     parser.add_argument("--arch", choices=None, help=f"one of: {', '.join(backbones.list_models())}")
-    parser.add_argument("--input-size", type=int, help="square input side (default: 224 ImageNet, 32 CIFAR)")
+    parser.add_argument("--input-size", type=positive_int, help="square input side (default: 224 ImageNet, 32 CIFAR)")
     parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                         help="builder option, e.g. shortcut=A or stride_in_1x1=true (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

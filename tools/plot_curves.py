@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from engine.cli import run_cli
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from collections.abc import Sequence
+
+from engine.cli import ToolParser, run_cli
 from engine.errors import UserError
 from engine.logs import get_logger
 from engine.metrics import METRICS_FILE, plot_curves, read_metrics
@@ -20,7 +23,7 @@ log = get_logger()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ToolParser(__doc__)
     parser.add_argument("runs", nargs="+", help="run directories of train_cls.py / train_det.py")
     parser.add_argument("--labels", nargs="*", help="legend labels (default: directory names)")
     parser.add_argument("--key", default="error", help="metric to plot (default: error)")

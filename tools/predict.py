@@ -16,13 +16,17 @@ neither drawn nor written.
 
 from __future__ import annotations
 
-import argparse
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import glob
 import itertools
 import json
-import sys
+import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -31,7 +35,7 @@ import numpy as np
 from detection.evaluation.coco import detections_to_coco_results, write_coco_results
 from detection.predictor import Predictor
 from detection.visualize import draw_detections, save_image
-from engine.cli import run_cli
+from engine.cli import ToolParser, non_negative_float, positive_int, run_cli
 from engine.errors import UserError
 from engine.images import IMAGE_EXTENSIONS, load_rgb
 from engine.logs import get_logger, progress_bar
@@ -114,16 +118,17 @@ def predict_video(predictor: Predictor, source: Path, target: Path, batch_size: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ToolParser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="a detector trained by train_det.py (model_final.pth, "
                         "model_best.pth) or converted by convert_weights.py")
     parser.add_argument("--input", required=True, help="an image, a folder (recursive), a glob pattern or a video")
     parser.add_argument("--output", required=True, help="folder for the drawn images, results.json and videos")
-    parser.add_argument("--score-thresh", type=float, default=0.5, help="drawn and written detections (default 0.5)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images (or video frames) per forward pass")
+    parser.add_argument("--score-thresh", type=non_negative_float, default=0.5,
+                        help="drawn and written detections (default 0.5)")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images (or video frames) per forward pass")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--skip-bad-images", action="store_true", help="warn and count unreadable images")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
@@ -137,14 +142,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
     videos = [f for f in files if f.suffix.lower() in VIDEO_EXTENSIONS]
     detections: dict[int, dict[str, Any]] = {}
+    skipped: list[Path] = []
     with progress_bar(total=len(images), desc="predict", unit="img", enabled=not args.no_progress) as bar:
         for group in batches(images, args.batch_size):
-            pictures = [np.array(load_rgb(f)) for f in group]
-            for path, picture, result in zip(group, pictures, predictor.predict(pictures), strict=True):
+            readable, pictures = [], []
+            for path in group:
+                try:
+                    pictures.append(np.array(load_rgb(path)))
+                    readable.append(path)
+                except UserError:
+                    if not args.skip_bad_images:
+                        raise
+                    skipped.append(path)
+            for path, picture, result in zip(readable, pictures, predictor.predict(pictures), strict=True):
                 save_image(draw_detections(picture, result["boxes"], result["labels"], result["scores"],
                                            predictor.class_names, 0.0), targets[path])
                 detections[len(detections) + 1] = result
                 bar.update(1)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} unreadable image(s), e.g. {skipped[0]}", stacklevel=1)
+    images = [f for f in images if f not in set(skipped)]
     if images:
         category_ids = predictor.category_ids
         results = detections_to_coco_results(

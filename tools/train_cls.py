@@ -9,12 +9,16 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from collections.abc import Sequence
 
-from classification.train import DEFAULTS, OPEN_KEYS, RESUME_MAY_CHANGE, train_classifier
-from engine.cli import run_cli, run_config
+from classification.train import DEFAULTS, LIMITS, OPEN_KEYS, RESUME_MAY_CHANGE, train_classifier
+from engine.cli import ToolParser, run_cli, run_config
 from engine.logs import get_logger
 
 # flag -> config key; given flags override the recipe, `key=value` arguments override both
@@ -29,8 +33,7 @@ FLAG_KEYS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ToolParser(__doc__)
     parser.add_argument("--config", help="YAML recipe (configs/classification/*.yaml)")
     parser.add_argument("--output", required=True,
                         help="run folder: checkpoints, metrics, plots (must not hold another run unless --resume)")
@@ -60,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. solver.lr=0.05")
     args = parser.parse_intermixed_args(argv)
 
-    cfg = run_config(DEFAULTS, args, FLAG_KEYS, OPEN_KEYS, RESUME_MAY_CHANGE)
+    cfg = run_config(DEFAULTS, args, FLAG_KEYS, OPEN_KEYS, RESUME_MAY_CHANGE, LIMITS)
     metrics = train_classifier(cfg, args.output, resume=args.resume)
     get_logger().info(f"final: top-1 error {metrics['error']:.2f}%  top-5 error {metrics['top5_error']:.2f}%  "
                       f"({metrics['count']} images) -> {args.output}/model_final.pth")

@@ -18,14 +18,18 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without `pip install`: find the packages
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from collections.abc import Sequence
 
 from detection.data.catalog import DATASETS, parse_class_names
 from detection.inference import flat_metrics
-from detection.train import DEFAULTS, OPEN_KEYS, RESUME_MAY_CHANGE, train_detector
-from engine.cli import run_cli, run_config
+from detection.train import DEFAULTS, LIMITS, OPEN_KEYS, RESUME_MAY_CHANGE, train_detector
+from engine.cli import ToolParser, run_cli, run_config
 from engine.logs import get_logger
 
 FLAG_KEYS = {"backbone": "model.backbone", "weights": "model.weights", "dataset": "data.dataset",
@@ -39,8 +43,7 @@ FLAG_KEYS = {"backbone": "model.backbone", "weights": "model.weights", "dataset"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ToolParser(__doc__)
     parser.add_argument("--config", help="YAML recipe (configs/detection/*.yaml)")
     parser.add_argument("--output", required=True, help="run folder (must not hold another run unless --resume)")
     parser.add_argument("--backbone", help="registry name: resnet18..152, plain18/34, vgg16/19")
@@ -77,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. model.roi.batch_size_per_image=64")
     args = parser.parse_intermixed_args(argv)
     args.classes = parse_class_names(args.classes)
-    cfg = run_config(DEFAULTS, args, FLAG_KEYS, OPEN_KEYS, RESUME_MAY_CHANGE)
+    cfg = run_config(DEFAULTS, args, FLAG_KEYS, OPEN_KEYS, RESUME_MAY_CHANGE, LIMITS)
     results = train_detector(cfg, args.output, resume=args.resume)
     shown = "  ".join(f"{k} {v:.2f}" for k, v in flat_metrics(results).items()
                       if k.endswith(("mAP", "_AP", "_AP50")))

@@ -45,11 +45,11 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
         raise UserError(f"{path}: malformed JSON ({exc})") from None
 
 
-def _is_int(value: Any) -> bool:
+def is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -76,7 +76,7 @@ def read_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None
                 raise UserError(f"{path}: {key}[{i}] lacks {', '.join(missing)}")
     for key in ("images", "categories"):
         ids = [entry["id"] for entry in data[key]]
-        bad = next((v for v in ids if not _is_int(v)), None)
+        bad = next((v for v in ids if not is_integer(v)), None)
         if bad is not None:
             raise UserError(f"{path}: {key} id {bad!r} is not an integer")
         repeated = [v for v, n in Counter(ids).items() if n > 1]
@@ -84,7 +84,7 @@ def read_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None
             raise UserError(f"{path}: {key} id {repeated[0]} appears {ids.count(repeated[0])} times")
     for i, img in enumerate(data["images"]):
         img.setdefault("file_name", "")
-        if not all(_is_int(img.get(k)) and img[k] > 0 for k in ("width", "height")):
+        if not all(is_integer(img.get(k)) and img[k] > 0 for k in ("width", "height")):
             if any(k in img for k in ("width", "height")) or image_root is None or not img["file_name"]:
                 raise UserError(f"{path}: images[{i}] (id {img['id']}) needs a positive integer width and height")
             img["width"], img["height"] = image_size(resolve_inside(Path(image_root), img["file_name"],
@@ -98,16 +98,16 @@ def read_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None
         if ann["image_id"] not in image_ids:
             raise UserError(f"{where} refers to unknown image_id {ann['image_id']!r}")
         bbox = ann["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
             raise UserError(f"{where} has bbox {bbox!r}; expected [x, y, width, height], four finite numbers")
         ann.setdefault("iscrowd", 0)
         ann.setdefault("segmentation", [])
-        if not _is_number(ann.get("area")):
+        if not is_finite_number(ann.get("area")):
             ann["area"] = float(max(0.0, bbox[2]) * max(0.0, bbox[3]))
         if ann["iscrowd"] not in (0, 1):
             raise UserError(f"{where} has iscrowd {ann['iscrowd']!r}; expected 0 or 1")
     ann_ids = [ann.get("id") for ann in data["annotations"]]
-    if any(not _is_int(v) for v in ann_ids) or len(set(ann_ids)) != len(ann_ids):
+    if any(not is_integer(v) for v in ann_ids) or len(set(ann_ids)) != len(ann_ids):
         for n, ann in enumerate(data["annotations"], start=1):  # pycocotools indexes annotations by id
             ann["id"] = n
     return data

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from detection.data.coco import coco_from_dict, load_json, read_coco_json
+from detection.data.coco import coco_from_dict, is_finite_number, is_integer, load_json, read_coco_json
 from detection.data.common import GroundTruth
 from engine.errors import UserError
 
@@ -46,9 +46,28 @@ def read_coco_results(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not isinstance(results, list):
         raise UserError(f"{path}: a COCO results file holds a list of detections")
     for i, r in enumerate(results):
-        if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= r.keys():
-            raise UserError(f"{path}: detection {i} needs image_id, category_id, bbox and score")
+        problem = _result_problem(r)
+        if problem:
+            raise UserError(f"{path}: detection {i} {problem}")
     return results
+
+
+def _result_problem(r: Any) -> str | None:
+    """What is wrong with one COCO results entry (None: nothing): integer ids, a finite score, and a bbox of
+    four finite numbers with non-negative width and height. pycocotools would score a NaN as a perfect match."""
+    if not isinstance(r, dict) or not {"image_id", "category_id", "bbox", "score"} <= r.keys():
+        return "needs image_id, category_id, bbox and score"
+    for key in ("image_id", "category_id"):
+        if not is_integer(r[key]):
+            return f"has {key} {r[key]!r}; expected an integer"
+    if not is_finite_number(r["score"]):
+        return f"has score {r['score']!r}; expected a finite number"
+    bbox = r["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(is_finite_number(v) for v in bbox)):
+        return f"has bbox {bbox!r}; expected [x, y, width, height], four finite numbers"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return f"has bbox {bbox!r} with a negative width or height"
+    return None
 
 
 def coco_evaluate(coco_gt: COCO, results: Sequence[Mapping[str, Any]], backend: str = "pycocotools",

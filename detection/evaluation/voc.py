@@ -12,6 +12,7 @@ this equals); classes without any non-difficult ground truth have no AP and are 
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -164,6 +165,9 @@ def read_voc_results(results_dir: str | os.PathLike, split: str, ground_truth: S
                 coords = []
             if len(coords) != 4:
                 raise UserError(f"{path}:{n}: expected '<image id> <score> <x1> <y1> <x2> <y2>', got {line!r}")
+            if not all(math.isfinite(v) for v in (score, *coords)) or coords[2] < coords[0] or coords[3] < coords[1]:
+                raise UserError(f"{path}:{n}: score and box must be finite numbers with x2 >= x1 and y2 >= y1, got "
+                                f"{line!r}")
             if image not in by_name:
                 raise UserError(f"{path}:{n}: image {image!r} is not in the {split} set")
             x1, y1, x2, y2 = coords
