@@ -23,7 +23,7 @@ class ModelInfo:
 
     `fixed` names builder keywords that the name already decides (e.g. `residual=False` for plain
     nets), so they are not user options. `paper` holds the figures the paper reports for it
-    (`flops` in multiply-adds, `params`) and `paper_options` the options that match the paper's
+    (`macs`, multiply-adds, `params`) and `paper_options` the options that match the paper's
     network when those figures are compared.
     """
 

@@ -218,7 +218,7 @@ for _depth, (_block, _layers, _flops) in IMAGENET_DEPTHS.items():
     _basic = ("stride_in_1x1",) if _block is BasicBlock else ()
     register_model(
         f"resnet{_depth}", partial(ResNet, _block, _layers), family="resnet", input_size=224, num_classes=1000,
-        fixed=("residual", *_basic), paper={"flops": _flops},
+        fixed=("residual", *_basic), paper={"macs": _flops},
         # the paper's Caffe bottleneck strides in the 1x1, which is what its FLOP count measures
         paper_options={} if _basic else {"stride_in_1x1": True},
     )
@@ -226,5 +226,5 @@ for _depth, (_block, _layers, _flops) in IMAGENET_DEPTHS.items():
         register_model(
             f"plain{_depth}", partial(ResNet, _block, _layers, residual=False), family="plain", input_size=224,
             num_classes=1000, fixed=("residual", "shortcut", "zero_init_residual", *_basic),
-            paper={"flops": _flops},
+            paper={"macs": _flops},
         )

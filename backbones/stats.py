@@ -31,12 +31,12 @@ def count_multiply_adds(model: nn.Module, input_size: int, device: torch.device 
 
 
 def model_stats(name: str, input_size: int | None = None, **options: Any) -> dict[str, Any]:
-    """`{"arch", "options", "input_size", "params", "flops"}` (flops in multiply-adds) for a registered model."""
+    """`{"arch", "options", "input_size", "params", "macs"}` (macs: multiply-adds) for a registered model."""
     input_size = input_size or model_info(name).input_size
     with torch.device("meta"):
         model = build_model(name, **options)
     return {"arch": name, "options": options, "input_size": input_size,
-            "params": count_parameters(model), "flops": count_multiply_adds(model, input_size, "meta")}
+            "params": count_parameters(model), "macs": count_multiply_adds(model, input_size, "meta")}
 
 
 def paper_table(names: list[str] | None = None) -> list[dict[str, Any]]:
@@ -46,7 +46,7 @@ def paper_table(names: list[str] | None = None) -> list[dict[str, Any]]:
     for name in names or list_models():
         info = model_info(name)
         row = model_stats(name, **info.paper_options)
-        for key in ("flops", "params"):
+        for key in ("macs", "params"):
             if key in info.paper:
                 row[f"paper_{key}"] = info.paper[key]
                 row[f"{key}_rel_diff"] = (row[key] - info.paper[key]) / info.paper[key]

@@ -72,4 +72,4 @@ _VGG_FLOPS = {16: 15.3e9, 19: 19.6e9}
 
 for _depth, _blocks in _VGG_BLOCKS.items():
     register_model(f"vgg{_depth}", partial(VGG, _blocks), family="vgg", input_size=224, num_classes=1000,
-                   paper={"flops": _VGG_FLOPS[_depth]})
+                   paper={"macs": _VGG_FLOPS[_depth]})

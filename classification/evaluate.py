@@ -12,6 +12,7 @@ from backbones.weights import check_options
 from engine.distributed import all_reduce_sum
 from engine.errors import UserError
 from engine.logs import progress_bar
+from engine.precision import autocast
 
 
 def view_probabilities(model: nn.Module, images, mode: str, channels_last: bool = False) -> torch.Tensor:
@@ -39,8 +40,9 @@ def topk_errors(probs: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] =
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, mode: str = "center",
-             channels_last: bool = False, progress: bool = False) -> dict[str, float]:
-    """`{"error", "top5_error", "count"}`, errors in %; shards of a distributed run are summed."""
+             channels_last: bool = False, progress: bool = False, amp: str = "none") -> dict[str, float]:
+    """`{"error", "top5_error", "count"}`, errors in %; shards of a distributed run are summed. `amp` runs the
+    network in bf16/fp16 (the probabilities are averaged in float32)."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)
     for batch in progress_bar(loader, enabled=progress, desc=f"eval ({mode})", leave=False):
@@ -49,7 +51,9 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, mode: s
             images = [[s.to(device) for s in scales] for scales in images]
         else:
             images = images.to(device, non_blocking=True)
-        top1, top5 = topk_errors(view_probabilities(model, images, mode, channels_last), labels)
+        with autocast(device, amp):
+            probabilities = view_probabilities(model, images, mode, channels_last)
+        top1, top5 = topk_errors(probabilities.float(), labels)
         totals += torch.tensor([top1, top5, len(labels)], dtype=torch.float64, device=device)
     top1, top5, count = all_reduce_sum(totals).tolist()
     if count == 0:

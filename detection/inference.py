@@ -14,6 +14,7 @@ from detection.data.common import DetectionDataset, collate_detection
 from detection.evaluation.evaluator import evaluate_detections
 from engine.distributed import all_gather_object, get_rank, get_world_size
 from engine.logs import progress_bar
+from engine.precision import autocast
 from engine.sampler import SeededDataset, ShardSampler
 
 Detections = dict[int, dict[str, np.ndarray]]
@@ -26,11 +27,10 @@ def run_inference(model: nn.Module, dataset: DetectionDataset, device: torch.dev
     loader = DataLoader(SeededDataset(dataset), batch_sampler=ShardSampler(len(dataset), batch_size, get_rank(),
                                                                            get_world_size()),
                         num_workers=workers, collate_fn=collate_detection, generator=torch.Generator())
-    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     model.eval()
     mine: Detections = {}
     for images, targets in progress_bar(loader, enabled=progress, desc="inference", leave=False):
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast(device, amp):
             outputs = model([im.to(device, non_blocking=True) for im in images])
         for target, out in zip(targets, outputs, strict=True):
             mine[int(target["image_id"])] = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()

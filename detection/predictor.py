@@ -12,7 +12,6 @@ model's.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,9 +26,9 @@ from engine.checkpoint import load_checkpoint
 from engine.distributed import resolve_device
 from engine.errors import UserError
 from engine.images import load_rgb
+from engine.precision import autocast, check_amp
 
 ImageInput = str | os.PathLike | Image.Image | np.ndarray
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def as_rgb_array(image: ImageInput) -> np.ndarray:
@@ -56,8 +55,7 @@ class Predictor:
 
     def __init__(self, checkpoint: str | os.PathLike, device: str | torch.device = "auto",
                  score_thresh: float | None = None, amp: str = "none") -> None:
-        if amp not in AMP_DTYPES:
-            raise UserError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {amp!r}")
+        check_amp(amp)
         state = load_checkpoint(checkpoint)
         self.model, self.config, self.class_names = detector_from_checkpoint(state, checkpoint)
         self.category_ids: list[int] | None = state.get("category_ids")
@@ -74,9 +72,7 @@ class Predictor:
         tensors = [torch.from_numpy(np.array(as_rgb_array(im))).permute(2, 0, 1).float().div_(255) for im in images]
         if not tensors:
             return []
-        dtype = AMP_DTYPES[self.amp]
-        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast(self.device, self.amp):
             outputs = self.model([t.to(self.device, non_blocking=True) for t in tensors])
         return [self._result(out) for out in outputs]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from engine.config import config_layers, merge_layers, resume_config
+from engine.config import config_layers, list_recipes, merge_layers, resume_config
 from engine.distributed import cleanup
 from engine.errors import UserError
 from engine.logs import setup_console
@@ -30,6 +30,19 @@ class ToolParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(message)
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, kind: str, example: str) -> None:
+    """`--config` (a YAML file, or the name of a recipe shipped with the toolkit) and `--list-configs`."""
+    parser.add_argument("--config", help=f"recipe: a YAML file, or the name of a shipped one (e.g. {example}; "
+                        "see --list-configs)")
+
+    class ListRecipes(argparse.Action):
+        def __call__(self, parser, namespace, values, option_string=None) -> None:
+            print("\n".join(list_recipes(kind)))
+            parser.exit()
+
+    parser.add_argument("--list-configs", nargs=0, action=ListRecipes, help=f"list the shipped {kind} recipes")
 
 
 def _number(kind: type, low: float, strict: bool) -> Callable[[str], Any]:

@@ -68,13 +68,49 @@ def nest(key: str, value: Any) -> dict[str, Any]:
     return value
 
 
+RECIPE_SUFFIX = ".yaml"
+
+
+def recipes_root() -> Path:
+    """The shipped recipes: `engine/recipes/` in an installed wheel, `configs/` of a checkout."""
+    here = Path(__file__).resolve().parent
+    installed = here / "recipes"
+    return installed if installed.is_dir() else here.parent / "configs"
+
+
+def list_recipes(kind: str | None = None) -> list[str]:
+    """Names of the shipped recipes (`detection/coco_R101_C4`, ...), of one folder (`kind`) if given; those
+    starting with `_` are bases for others."""
+    root = recipes_root()
+    found = sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.glob(f"*/*{RECIPE_SUFFIX}"))
+    return [n for n in found if not Path(n).name.startswith("_") and (kind is None or n.startswith(f"{kind}/"))]
+
+
+def find_recipe(spec: str | os.PathLike) -> Path:
+    """A recipe by path (a file that exists) or by name: `coco_R101_C4`, `detection/coco_R101_C4` or either
+    with `.yaml`, among the shipped recipes, so that `--config` works from any folder after `pip install`."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = str(spec).removesuffix(RECIPE_SUFFIX)
+    root = recipes_root()
+    matches = [root / f"{n}{RECIPE_SUFFIX}" for n in list_recipes() if n == name or Path(n).name == name]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise UserError(f"--config {spec}: several recipes have that name: "
+                        + ", ".join(m.relative_to(root).with_suffix("").as_posix() for m in matches))
+    raise UserError(f"{spec}: config file not found, nor a shipped recipe of that name (--list-configs lists them)")
+
+
 def config_layers(path: str | os.PathLike | None = None, overrides: Sequence[str] = (),
                   flags: Mapping[str, tuple[str, Any]] | None = None) -> list[Layer]:
     """The layers a command line puts over the defaults, in order: the recipe file, then the flags
     (`{config key: (flag name, value)}`, named in errors), then the `key=value` overrides."""
     layers: list[Layer] = []
     if path is not None:
-        layers.append((str(path), _read_yaml(Path(path).resolve())))
+        recipe = find_recipe(path)
+        layers.append((str(recipe), _read_yaml(recipe.resolve())))
     for key, (flag, value) in (flags or {}).items():
         layers.append((flag, nest(key, value)))
     for item in overrides:

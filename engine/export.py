@@ -66,11 +66,12 @@ def onnx_max_differences(path: str | os.PathLike, model: nn.Module, inputs: Sequ
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
+    device = next(model.parameters()).device
     report = []
     for args in inputs:
         with torch.no_grad():
-            expected = model.eval()(*args)
-        expected = expected if isinstance(expected, tuple) else (expected,)
+            expected = model.eval()(*(a.to(device) for a in args))
+        expected = tuple(e.cpu() for e in (expected if isinstance(expected, tuple) else (expected,)))
         got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args, strict=True)})
         row = {"count": float(len(expected[0]))}
         for name, want, have in zip(names, expected, got, strict=True):

@@ -39,9 +39,9 @@ from engine.distributed import DistInfo, all_gather_object, all_reduce, init_dis
 from engine.errors import UserError
 from engine.logs import FILE_ONLY, get_logger, log_to_file, progress_bar
 from engine.metrics import MetricWriter
+from engine.precision import autocast, check_amp
 from engine.schedule import LRSchedule
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 _NONE = torch.iinfo(torch.int64).max  # "no non-finite loss seen yet"
 
 Losses = Mapping[str, torch.Tensor]
@@ -109,8 +109,7 @@ class Trainer:
                  checkpoint_extra: Callable[[], dict[str, Any]] | None = None,
                  save_best: Callable[[], None] | None = None,
                  writer: MetricWriter | None = None) -> None:
-        if options.amp not in AMP_DTYPES:
-            raise UserError(f"amp must be one of {', '.join(AMP_DTYPES)}, got {options.amp!r}")
+        check_amp(options.amp)
         self.model = model
         self.module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         self.optimizer, self.schedule = optimizer, schedule
@@ -185,12 +184,6 @@ class Trainer:
         logger.info(f"resumed from {path} at iteration {self.iteration}")
 
     # ----- the loop ----------------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = AMP_DTYPES[self.options.amp]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.dist.device.type, dtype=dtype)
-
     def _note_finite(self, loss: torch.Tensor) -> None:
         """Remember, on the device, the first iteration whose loss was NaN or infinite (no host sync)."""
         bad = ~torch.isfinite(loss.detach())
@@ -218,7 +211,7 @@ class Trainer:
             batch = next(batches)
             sync = contextlib.nullcontext() if not ddp or m == opts.accumulate - 1 else self.model.no_sync()
             with sync:
-                with self._autocast():
+                with autocast(self.dist.device, self.options.amp):
                     losses, stats = self.step_fn(self.model, batch)
                 loss = sum(losses.values()) / opts.accumulate
                 self._note_finite(loss)

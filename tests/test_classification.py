@@ -170,7 +170,7 @@ def test_imagenet_layout_runs_the_full_pipeline_and_evaluation_modes(imagenet_di
                        "data.test_resize=36", "model.options.width=8", "--recompute-bn", "2")
     assert code == 0
     for flag in ("--ten-crop", "--multi-scale"):
-        assert run_cli(eval_cls.main, ["--weights", str(out / "model_final.pth"), "--dataset", "imagenet", "--data",
+        assert run_cli(eval_cls.main, ["--checkpoint", str(out / "model_final.pth"), "--dataset", "imagenet", "--data",
                                        str(imagenet_dir), flag, "--workers", "0", "--json", str(tmp_path / "m.json"),
                                        "data.crop_size=32", "data.test_resize=36", "data.test_scales=[32,40]"]) == 0
         metrics = json.loads((tmp_path / "m.json").read_text())
@@ -238,7 +238,7 @@ def test_eval_accepts_a_torchvision_state_dict_and_fig7_analysis(tmp_path, capsy
         paths.append(tmp_path / f"{arch}.pth")
         torch.save({"arch": arch, "options": {"width": 4}, "state_dict": model.state_dict()}, paths[-1])
     out = tmp_path / "fig7.png"
-    assert run_cli(analyze_responses.main, ["--weights", *map(str, paths), "--dataset", "synthetic",
+    assert run_cli(analyze_responses.main, ["--checkpoint", *map(str, paths), "--dataset", "synthetic",
                                             "--batches", "1", "--batch-size", "10", "--output", str(out)]) == 0
     stds = json.loads(out.with_suffix(".json").read_text())
     assert set(stds) == {"cifar_plain20", "cifar_resnet20"} and all(len(v) == 19 for v in stds.values())

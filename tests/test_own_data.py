@@ -304,7 +304,8 @@ def test_classifier_checkpoint_reproduces_its_error_with_no_flags(tmp_path, caps
                                     "data.synthetic.train_size=32", "data.synthetic.val_size=24"]) == 0
     reported = json.loads((out / "metrics.json").read_text())
     assert torch.load(out / "model_final.pth", weights_only=True)["class_names"] == [f"class_{i}" for i in range(10)]
-    assert run_cli(eval_cls.main, ["--weights", str(out / "model_final.pth"), "--json", str(tmp_path / "e.json")]) == 0
+    assert run_cli(eval_cls.main, ["--checkpoint", str(out / "model_final.pth"), "--json",
+                                   str(tmp_path / "e.json")]) == 0
     again = json.loads((tmp_path / "e.json").read_text())
     assert (again["error"], again["top5_error"], again["count"]) == (reported["error"], reported["top5_error"], 24)
 

@@ -270,7 +270,7 @@ def test_to_torchvision_writes_only_what_torchvision_loads(tmp_path, capsys, arc
     src = tmp_path / "ours.pth"
     torch.save({"arch": arch, "options": options, "state_dict": model.state_dict()}, src)
     dst = tmp_path / "tv.pth"
-    code = run_cli(convert_weights.main, ["--src", str(src), "--dst", str(dst), "--to", "torchvision"])
+    code = run_cli(convert_weights.main, ["--src", str(src), "--output", str(dst), "--to", "torchvision"])
     if problem is None:
         assert code == 0
         reference = getattr(torchvision.models, arch)()

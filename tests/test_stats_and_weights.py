@@ -18,7 +18,7 @@ PAPER_NAMES = [n for n in backbones.list_models() if backbones.model_info(n).pap
 @pytest.mark.parametrize("name", PAPER_NAMES)
 def test_counts_within_3_percent_of_the_paper(name):
     (row,) = backbones.paper_table([name])
-    for key in ("flops", "params"):
+    for key in ("macs", "params"):
         if f"paper_{key}" in row:
             assert abs(row[f"{key}_rel_diff"]) <= 0.03, row
 
@@ -28,8 +28,8 @@ def test_counts_match_an_independent_reference():
     # (multiply-adds); the paper's 3.8e9 is the v1 layout with the stride in the 1x1.
     v15 = backbones.model_stats("resnet50")
     assert v15["params"] == sum(p.numel() for p in torchvision.models.resnet50().parameters()) == 25_557_032
-    assert round(v15["flops"] / 1e9, 2) == 4.09
-    assert backbones.model_stats("resnet50", stride_in_1x1=True)["flops"] < v15["flops"]
+    assert round(v15["macs"] / 1e9, 2) == 4.09
+    assert backbones.model_stats("resnet50", stride_in_1x1=True)["macs"] < v15["macs"]
 
 
 def test_cifar_resnet20_parameters_counted_by_hand():
@@ -45,8 +45,8 @@ def test_cifar_resnet20_parameters_counted_by_hand():
 
 def test_conv_multiply_adds_scale_with_image_area():
     fc = sum(m.weight.numel() for m in torchvision.models.vgg16().modules() if isinstance(m, torch.nn.Linear))
-    small = backbones.model_stats("vgg16", input_size=112)["flops"]
-    large = backbones.model_stats("vgg16", input_size=224)["flops"]
+    small = backbones.model_stats("vgg16", input_size=112)["macs"]
+    large = backbones.model_stats("vgg16", input_size=224)["macs"]
     assert small - fc == (large - fc) // 4  # every map halves in both sides; the fc layers do not change
 
 
@@ -94,7 +94,7 @@ def test_backbone_from_a_classification_checkpoint_drops_the_classifier(tmp_path
 def test_model_stats_cli(capsys):
     assert run_cli(model_stats.main, ["--arch", "resnet50", "-o", "stride_in_1x1=true", "--json"]) == 0
     stats = json.loads(capsys.readouterr().out)
-    assert stats["arch"] == "resnet50" and isinstance(stats["params"], int) and stats["flops"] > 3.8e9
+    assert stats["arch"] == "resnet50" and isinstance(stats["params"], int) and stats["macs"] > 3.8e9
     assert stats["options"] == {"stride_in_1x1": True}
 
     assert run_cli(model_stats.main, ["--arch", "resnet5"]) == 2

@@ -105,16 +105,17 @@ def test_a_poisoned_model_zoo_pickle_is_refused_without_running_it(tmp_path):
 
 
 def test_convert_weights_round_trips_torchvision_and_msra(tmp_path, msra_file, capsys):
-    from tools import convert_weights
     import torchvision
+
+    from tools import convert_weights
 
     reference = torchvision.models.resnet18()
     src = tmp_path / "tv.pth"
     torch.save(reference.state_dict(), src)
-    assert run_cli(convert_weights.main, ["--from", "torchvision", "--src", str(src), "--dst",
+    assert run_cli(convert_weights.main, ["--from", "torchvision", "--src", str(src), "--output",
                                           str(tmp_path / "ours.pth")]) == 0
     assert torch.load(tmp_path / "ours.pth", weights_only=True)["arch"] == "resnet18"
-    assert run_cli(convert_weights.main, ["--from", "ours", "--src", str(tmp_path / "ours.pth"), "--dst",
+    assert run_cli(convert_weights.main, ["--from", "ours", "--src", str(tmp_path / "ours.pth"), "--output",
                                           str(tmp_path / "back.pth"), "--to", "torchvision"]) == 0
     back = torchvision.models.resnet18()
     back.load_state_dict(torch.load(tmp_path / "back.pth", weights_only=True), strict=True)
@@ -123,11 +124,12 @@ def test_convert_weights_round_trips_torchvision_and_msra(tmp_path, msra_file, c
 
     model, pkl = msra_file
     out = tmp_path / "r50.safetensors"
-    assert run_cli(convert_weights.main, ["--from", "msra", "--src", str(pkl), "--dst", str(out), "-o", "width=8"]) == 0
+    assert run_cli(convert_weights.main, ["--from", "msra", "--src", str(pkl), "--output", str(out),
+                                          "-o", "width=8"]) == 0
     weights = backbones.read_weights(out)
     assert weights.arch == "resnet50" and weights.options == {"stride_in_1x1": True, "width": 8}
     assert_reproduces(weights, model)
-    assert run_cli(convert_weights.main, ["--from", "msra", "--src", str(pkl), "--dst", str(tmp_path / "x.pth"),
+    assert run_cli(convert_weights.main, ["--from", "msra", "--src", str(pkl), "--output", str(tmp_path / "x.pth"),
                                           "--to", "torchvision", "-o", "width=8"]) == 2
     assert "no torchvision equivalent" in capsys.readouterr().err
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
@@ -197,12 +199,11 @@ def test_a_detectron2_checkpoint_loads_and_reproduces_the_known_detector(tmp_pat
             torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-5)
         assert checkpoint["class_names"] == ["a", "b", "c"] and checkpoint["config"]["model"]["weights"] is None
 
+    from detection.build import load_detector
     from tools import convert_weights
 
-    from detection.build import load_detector
-
     dst = tmp_path / "imported.pth"
-    assert run_cli(convert_weights.main, ["--from", "detectron2", "--src", str(files["pkl"]), "--dst", str(dst),
+    assert run_cli(convert_weights.main, ["--from", "detectron2", "--src", str(files["pkl"]), "--output", str(dst),
                                           "--config", "configs/detection/detectron2_R50_C4.yaml",
                                           "--class-names", "a,b,c", *TINY_DETECTRON2]) == 0
     model, _, names = load_detector(dst)

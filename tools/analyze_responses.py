@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fig. 7 of the paper: std of each 3x3 layer's response for plain nets vs ResNets.
 
-    python tools/analyze_responses.py --weights runs/plain20/model_final.pth runs/resnet20/model_final.pth \
+    python tools/analyze_responses.py --checkpoint runs/plain20/model_final.pth runs/resnet20/model_final.pth \
         --dataset cifar10 --data /data/cifar10 --output fig7.png
 """
 
@@ -31,7 +31,8 @@ log = get_logger()
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ToolParser(__doc__)
-    parser.add_argument("--weights", nargs="+", required=True, help="model_final.pth of each network")
+    parser.add_argument("--checkpoint", nargs="+", required=True,
+                        help="the classifiers this toolkit trained (model_final.pth of each run)")
     parser.add_argument("--labels", nargs="*", help="legend labels (default: the architectures)")
     parser.add_argument("--dataset", required=True, choices=["imagenet", "cifar10", "synthetic"])
     parser.add_argument("--data", help="dataset root")
@@ -42,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="responses.png", help="PNG; the numbers go beside it as .json")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    if args.labels and len(args.labels) != len(args.weights):
-        raise UserError(f"{len(args.labels)} labels for {len(args.weights)} weight files")
+    if args.labels and len(args.labels) != len(args.checkpoint):
+        raise UserError(f"--labels: {len(args.labels)} labels for {len(args.checkpoint)} checkpoints")
     flags = [f"data.dataset={args.dataset}", f"train.device={args.device}"]
     if args.data:
         flags.append(f"data.root={args.data}")
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dist = init_distributed(args.device)
     loader = eval_loader(cfg, dist, "center", args.split, args.batch_size)
     results = {}
-    for i, path in enumerate(args.weights):
+    for i, path in enumerate(args.checkpoint):
         model, arch = load_classifier(path)
         label = args.labels[i] if args.labels else arch
         results[label] = response_stds(model.to(dist.device), islice(loader, args.batches), dist.device)

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Convert weights from elsewhere into this toolkit's checkpoint (or safetensors), and ours back out.
 
-    python tools/convert_weights.py --from msra --src R-101.pkl --dst r101_msra.pth
-    python tools/convert_weights.py --from torchvision --src resnet50-0676ba61.pth --dst r50.safetensors
-    python tools/convert_weights.py --from timm --src vgg16.tv_in1k/model.safetensors --dst vgg16.pth
-    python tools/convert_weights.py --from detectron2 --src model_final_721ade.pkl --dst r50_c4.pth \
+    python tools/convert_weights.py --from msra --src R-101.pkl --output r101_msra.pth
+    python tools/convert_weights.py --from torchvision --src resnet50-0676ba61.pth --output r50.safetensors
+    python tools/convert_weights.py --from timm --src vgg16.tv_in1k/model.safetensors --output vgg16.pth
+    python tools/convert_weights.py --from detectron2 --src model_final_721ade.pkl --output r50_c4.pth \
         --config configs/detection/detectron2_R50_C4.yaml
-    python tools/convert_weights.py --from ours --src runs/r50/model_final.pth --dst r50_tv.pth --to torchvision
+    python tools/convert_weights.py --from ours --src runs/r50/model_final.pth --output r50_tv.pth --to torchvision
 
 Classifier weights: the result says which architecture, options (e.g. `stride_in_1x1` for MSRA weights) and
 input convention (BGR, mean-only for MSRA) they need; `train_det.py --weights` and `eval_cls.py --weights`
@@ -54,7 +54,7 @@ def convert_detector(args: argparse.Namespace, weights: WeightFile) -> str:
     cfg = load_config(DETECTION_DEFAULTS, args.config, args.overrides, open_keys=DETECTION_OPEN_KEYS,
                       limits=DETECTION_LIMITS)
     _, checkpoint = import_detectron2(weights, cfg, parse_class_names(args.class_names))
-    out = save_checkpoint(checkpoint, Path(args.dst))
+    out = save_checkpoint(checkpoint, Path(args.output))
     return f"Faster R-CNN {cfg.model.backbone} C4, {len(checkpoint['class_names'])} classes -> {out}"
 
 
@@ -75,10 +75,10 @@ def convert_classifier(args: argparse.Namespace, weights: WeightFile) -> str:
         state = dict(model.state_dict())
         reference = getattr(torchvision.models, arch)(num_classes=head.shape[0])
         reference.load_state_dict(state, strict=True)  # what torchvision users will do with the file
-        out = save_checkpoint(state, Path(args.dst))
+        out = save_checkpoint(state, Path(args.output))
     else:
         weights.arch = arch
-        out = save_weights(weights, args.dst, arch)
+        out = save_weights(weights, args.output, arch)
     extra = f", options {weights.options}" if weights.options else ""
     fmt = f", input {weights.input_format}" if weights.input_format else ""
     return f"{arch}{extra}{fmt}: {len(weights.state_dict)} tensors -> {out}"
@@ -89,13 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--from", dest="source", choices=FORMATS,
                         help="the file's layout (default: told from the file; given, a different layout is an error)")
     parser.add_argument("--src", required=True, help="input: .pth/.bin state dict or checkpoint, .pkl, .safetensors")
-    parser.add_argument("--dst", required=True, help="output: .pth (our checkpoint) or .safetensors (classifiers)")
+    parser.add_argument("--output", "--dst", dest="output", required=True,
+                        help="the converted file: .pth (our checkpoint) or .safetensors (classifiers)")
     parser.add_argument("--arch", help="registry name (default: recorded in the file or guessed from its keys)")
     parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                         help="builder option the weights need and the file does not record (e.g. width=32)")
     parser.add_argument("--to", choices=["ours", "torchvision"], default="ours",
                         help="torchvision: write a bare state dict that torchvision.models.* load strictly")
-    parser.add_argument("--config", help="detectron2 detectors: the detection recipe of its model")
+    parser.add_argument("--config", help="detectron2 detectors: the detection recipe of its model (a file, or a "
+                        "shipped name: detectron2_R50_C4, detectron2_R101_C4)")
     parser.add_argument("--class-names", help="detectron2 detectors: a,b,c or a file (default: COCO / VOC by count)")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="detection config overrides")

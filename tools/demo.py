@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from engine.cli import ToolParser, non_negative_int, positive_int, run_cli
 from engine.errors import UserError
 from engine.logs import get_logger
+from engine.precision import AMP_CHOICES
 from tools import eval_det, make_shapes, train_cls, train_det
 
 log = get_logger()
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
 
 
 def step(title: str, tool, argv: list[str], timings: dict[str, float]) -> None:
@@ -77,27 +77,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compare-scratch", action="store_true", help="also train the detector from scratch")
     parser.add_argument("--workers", type=non_negative_int, default=2)
     parser.add_argument("--small", action="store_true", help="tiny networks and images (a smoke test, seconds)")
+    parser.add_argument("--device", default="auto", help="where the classifier and detectors train and run")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="none", help="train and run in bf16/fp16")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.output)
     if out.exists():
         shutil.rmtree(out)
-    common = ["--workers", str(args.workers)] + (["--no-progress"] if args.no_progress else [])
+    common = ["--workers", str(args.workers), "--device", args.device, "--amp", args.amp] + (
+        ["--no-progress"] if args.no_progress else [])
     timings: dict[str, float] = {}
     shapes, crops = out / "data" / "shapes", out / "data" / "crops"
     sides = ["--min-side", "96", "--max-side", "128"] if args.small else []
     cls_small = ["model.options.width=8", "solver.batch_size=16"] if args.small else []
     det_small = ["model.backbone_options.width=8", "model.min_size=[96]", "model.max_size=160",
                  "solver.ims_per_batch=2", "model.roi.batch_size_per_image=16"] if args.small else []
-    step("data", make_shapes, ["--out", str(shapes), "--num-train", str(args.num_train), "--num-val",
+    step("data", make_shapes, ["--output", str(shapes), "--num-train", str(args.num_train), "--num-val",
                                str(args.num_val), "--crops", str(crops), *sides], timings)
-    step("classifier", train_cls, ["--config", str(CONFIGS / "shapes_crops_resnet18.yaml"), "--data", str(crops),
+    step("classifier", train_cls, ["--config", "demo/shapes_crops_resnet18", "--data", str(crops),
                                    "--output", str(out / "classifier"), "--max-iter", str(args.cls_iters),
                                    f"solver.steps=[{args.cls_iters * 2 // 3},{args.cls_iters * 9 // 10}]", *common,
                                    *cls_small],
          timings)
-    det_args = ["--config", str(CONFIGS / "shapes_resnet18_C4.yaml"), "--data", str(shapes), "--max-iter",
+    det_args = ["--config", "demo/shapes_resnet18_C4", "--data", str(shapes), "--max-iter",
                 str(args.det_iters), f"solver.steps=[{args.det_iters * 4 // 5}]",
                 f"train.eval_period={max(1, args.det_iters // 3)}", *common, *det_small]
     step("detector", train_det, [*det_args, "--weights", str(out / "classifier" / "model_final.pth"), "--output",
@@ -105,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     step("evaluation", eval_det, ["--checkpoint", str(out / "detector" / "model_final.pth"), "--dataset", "shapes",
                                   "--data", str(shapes), "--metric", "voc07", "coco", "--output", str(out / "eval"),
                                   "--json", str(out / "eval" / "metrics.json"), "--workers", str(args.workers),
-                                  "--batch-size", "4"],
+                                  "--batch-size", "4", "--device", args.device, "--amp", args.amp,
+                                  *(["--no-progress"] if args.no_progress else [])],
          timings)
     if args.compare_scratch:
         step("detector from scratch", train_det, [*det_args, "--output", str(out / "detector_scratch")], timings)

@@ -45,6 +45,7 @@ from engine.cli import ToolParser, non_negative_int, positive_int, run_cli
 from engine.distributed import init_distributed
 from engine.errors import UserError
 from engine.logs import get_logger
+from engine.precision import AMP_CHOICES
 
 log = get_logger()
 
@@ -62,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--classes", help="--dataset voc: a,b,c or a file (default: the checkpoint's classes)")
     parser.add_argument("--ignore-unknown-classes", action="store_true",
                         help="skip (and count) annotated objects of other classes instead of stopping")
-    parser.add_argument("--checkpoint", help="a train_det.py model_final.pth or checkpoint: run it on the dataset")
+    parser.add_argument("--checkpoint", help="a detector this toolkit trained or converted (model_final.pth, "
+                        "model_best.pth): run it on the dataset")
     parser.add_argument("--results", help="COCO results json, or a folder of devkit files (instead of --checkpoint)")
     parser.add_argument("--metric", choices=DETECTION_METRICS, nargs="+", default=None,
                         help="one or more of coco, voc07, voc12 (default: coco; with --checkpoint the dataset's own)")
@@ -71,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=2, help="images per inference batch (--checkpoint)")
     parser.add_argument("--workers", type=non_negative_int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="none", help="run the network in bf16/fp16")
+    parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--backend", choices=BACKENDS, default="pycocotools", help="COCO evaluation backend")
     parser.add_argument("--json", help="write the metrics to this file")
     parser.add_argument("--output", help="folder for results files (COCO json, devkit txt), PR curves, tables")
@@ -99,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"{args.checkpoint}: trained for classes {', '.join(class_names)}, but the dataset has "
                             f"{', '.join(names)}")
         detections = run_inference(model.to(dist.device), dataset, dist.device, args.batch_size, args.workers,
-                                   args.amp)
+                                   args.amp, progress=not args.no_progress)
         if args.output and dist.is_main and hasattr(dataset, "image_sets"):
             written = write_voc_results(args.output, dataset.image_sets[0][1], detections, records, names)
         elif args.no_eval and dist.is_main:

@@ -32,6 +32,7 @@ from detection.faster_rcnn import SingleImageDetector
 from engine.checkpoint import load_checkpoint
 from engine.cli import ToolParser, positive_int, run_cli
 from engine.config import parse_key_values
+from engine.distributed import resolve_device
 from engine.errors import UserError
 from engine.export import FORMATS, export_model, onnx_max_differences
 from engine.images import load_rgb
@@ -45,7 +46,10 @@ TOLERANCE = {"logits": 1e-4, "scores": 1e-4, "boxes": 1e-3, "labels": 0.0}
 @torch.no_grad()  # not torch.set_grad_enabled: in-process callers keep their gradients
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ToolParser(__doc__)
-    parser.add_argument("--checkpoint", required=True, help="model_final.pth of train_cls/train_det, or weights")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a classifier or detector this toolkit trained or converted "
+                        "(model_final.pth, model_best.pth)")
+    source.add_argument("--weights", help="classifier weights from elsewhere (torchvision, timm, MSRA)")
     parser.add_argument("--format", choices=FORMATS, default="onnx")
     parser.add_argument("--output", required=True)
     parser.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"), help="example input size "
@@ -55,10 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="classifier builder option the weights do not record (e.g. width=32)")
     parser.add_argument("--image", help="detectors: check on this image (and a resized copy) instead of noise")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    parser.add_argument("--device", default="cpu", help="where the model is traced and checked (cpu, cuda)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
-    state = load_checkpoint(args.checkpoint) if args.checkpoint.endswith((".pth", ".pt")) else {}
+    device = resolve_device(args.device)
+    state = load_checkpoint(args.checkpoint) if args.checkpoint and args.checkpoint.endswith((".pth", ".pt")) else {}
     if state.get("kind") == "faster_rcnn":
         if args.format == "torchscript":
             raise UserError(f"{args.checkpoint}: detectors export to onnx (a TorchScript trace would freeze the "
@@ -78,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shapes = ({1: height, 2: width},)
         what = f"Faster R-CNN {cfg['model']['backbone']} ({len(class_names)} classes)"
     else:
-        model, arch = load_classifier(args.checkpoint, args.arch, parse_key_values(args.option))
+        model, arch = load_classifier(args.checkpoint or args.weights, args.arch, parse_key_values(args.option))
         size = args.size or [224, 224]
         example = (torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0)),)
         other = (torch.randn(3, 3, size[0] + 32, size[1] - 32 if size[1] > 64 else size[1] + 64,
@@ -86,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         names, outputs = ["images"], ["logits"]
         shapes = ({0: torch.export.Dim("batch", min=1, max=1024), 2: height, 3: width},)
         what = arch
-    path = export_model(model, example, args.output, args.format, dynamic_shapes=shapes, input_names=names,
-                        output_names=outputs)
+    model = model.to(device)
+    path = export_model(model, tuple(x.to(device) for x in example), args.output, args.format, dynamic_shapes=shapes,
+                        input_names=names, output_names=outputs)
     log.info(f"{what} -> {path} ({args.format})")
     if args.format == "onnx" and not args.no_check:
         for inputs, diffs in zip((example, other), onnx_max_differences(path, model, [example, other], names),

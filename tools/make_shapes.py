@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the synthetic shapes detection set (COCO format) that every tool can run on without data.
 
-    python tools/make_shapes.py --out data/shapes --num-train 300 --num-val 50 --seed 0 [--crops data/crops]
+    python tools/make_shapes.py --output data/shapes --num-train 300 --num-val 50 --seed 0 [--crops data/crops]
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ log = get_logger()
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ToolParser(__doc__)
-    parser.add_argument("--out", required=True, help="output folder (train/, val/, annotations/)")
+    parser.add_argument("--output", "--out", dest="output", required=True,
+                        help="output folder (train/, val/, annotations/)")
     parser.add_argument("--num-train", type=positive_int, default=300)
     parser.add_argument("--num-val", type=positive_int, default=50)
     parser.add_argument("--seed", type=non_negative_int, default=0)
@@ -33,14 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--crops", help="also write an ImageNet-layout classification set of object crops here")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    if args.num_train < 1 or args.num_val < 1 or not 32 <= args.min_side <= args.max_side:
-        raise UserError("need --num-train, --num-val >= 1 and 32 <= --min-side <= --max-side")
-    files = make_shapes(args.out, args.num_train, args.num_val, args.seed, min_side=args.min_side,
+    if not 32 <= args.min_side <= args.max_side:
+        raise UserError(f"--min-side {args.min_side} / --max-side {args.max_side}: need 32 <= --min-side <= --max-side")
+    files = make_shapes(args.output, args.num_train, args.num_val, args.seed, min_side=args.min_side,
                         max_side=args.max_side)
     for split, path in files.items():
         log.info(f"{split}: {path}")
     if args.crops:
-        counts = make_crops(args.out, args.crops)
+        counts = make_crops(args.output, args.crops)
         log.info(f"crops: {args.crops} ({counts['train']} train, {counts['val']} val)")
     return 0
 

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 import backbones
 from engine.cli import ToolParser, positive_int, run_cli
 from engine.config import parse_key_values
-from engine.errors import UserError
 
 
 def format_table(rows: list[dict]) -> str:
@@ -35,7 +34,7 @@ def format_table(rows: list[dict]) -> str:
 
     for row in rows:
         opts = ",".join(f"{k}={v}" for k, v in row["options"].items())
-        lines.append(f"{row['arch']:<18}{fig(row, 'params', 1e6, 'M')}{fig(row, 'flops', 1e9, 'G')}  {opts}")
+        lines.append(f"{row['arch']:<18}{fig(row, 'params', 1e6, 'M')}{fig(row, 'macs', 1e9, 'G')}  {opts}")
     return "\n".join(lines)
 
 
@@ -45,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--input-size", type=positive_int, help="square input side (default: 224 ImageNet, 32 CIFAR)")
     parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                         help="builder option, e.g. shortcut=A or stride_in_1x1=true (repeatable)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON: params, macs (multiply-adds, the paper's 'FLOPs')")
     parser.add_argument("--table", action="store_true", help="all models beside the paper's figures")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
@@ -55,13 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.arch:
         parser.error("give --arch NAME or --table")
-    if args.input_size is not None and args.input_size < 1:
-        raise UserError(f"--input-size must be positive, got {args.input_size}")
     stats = backbones.model_stats(args.arch, args.input_size, **parse_key_values(args.option))
     if args.json:
         print(json.dumps(stats))
     else:
-        print(f"{stats['arch']}: {stats['params']:,} parameters, {stats['flops'] / 1e9:.3f}G multiply-adds "
+        print(f"{stats['arch']}: {stats['params']:,} parameters, {stats['macs'] / 1e9:.3f}G multiply-adds "
               f"at {stats['input_size']}x{stats['input_size']}")
     return 0
 

@@ -39,6 +39,7 @@ from engine.cli import ToolParser, non_negative_float, positive_int, run_cli
 from engine.errors import UserError
 from engine.images import IMAGE_EXTENSIONS, load_rgb
 from engine.logs import get_logger, progress_bar
+from engine.precision import AMP_CHOICES
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
 # the codec each container is written with by opencv
@@ -127,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="drawn and written detections (default 0.5)")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images (or video frames) per forward pass")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="none")
     parser.add_argument("--skip-bad-images", action="store_true", help="warn and count unreadable images")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true")

@@ -18,8 +18,9 @@ if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without
 from collections.abc import Sequence
 
 from classification.train import DEFAULTS, LIMITS, OPEN_KEYS, RESUME_MAY_CHANGE, train_classifier
-from engine.cli import ToolParser, run_cli, run_config
+from engine.cli import ToolParser, add_recipe_arguments, run_cli, run_config
 from engine.logs import get_logger
+from engine.precision import AMP_CHOICES
 
 # flag -> config key; given flags override the recipe, `key=value` arguments override both
 FLAG_KEYS = {
@@ -34,7 +35,7 @@ FLAG_KEYS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ToolParser(__doc__)
-    parser.add_argument("--config", help="YAML recipe (configs/classification/*.yaml)")
+    add_recipe_arguments(parser, "classification", "cifar_resnet110")
     parser.add_argument("--output", required=True,
                         help="run folder: checkpoints, metrics, plots (must not hold another run unless --resume)")
     parser.add_argument("--arch")
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--accumulate", type=int, help="gradient accumulation steps per iteration")
     parser.add_argument("--lr", type=float)
     parser.add_argument("--device", help="auto, cpu, cuda")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    parser.add_argument("--amp", choices=AMP_CHOICES)
     parser.add_argument("--channels-last", action="store_true", default=None)
     parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     parser.add_argument("--workers", type=int)

@@ -29,8 +29,9 @@ from collections.abc import Sequence
 from detection.data.catalog import DATASETS, parse_class_names
 from detection.inference import flat_metrics
 from detection.train import DEFAULTS, LIMITS, OPEN_KEYS, RESUME_MAY_CHANGE, train_detector
-from engine.cli import ToolParser, run_cli, run_config
+from engine.cli import ToolParser, add_recipe_arguments, run_cli, run_config
 from engine.logs import get_logger
+from engine.precision import AMP_CHOICES
 
 FLAG_KEYS = {"backbone": "model.backbone", "weights": "model.weights", "dataset": "data.dataset",
              "data": "data.root", "train_ann": "data.train_ann", "train_images": "data.train_images",
@@ -44,7 +45,7 @@ FLAG_KEYS = {"backbone": "model.backbone", "weights": "model.weights", "dataset"
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ToolParser(__doc__)
-    parser.add_argument("--config", help="YAML recipe (configs/detection/*.yaml)")
+    add_recipe_arguments(parser, "detection", "coco_R101_C4")
     parser.add_argument("--output", required=True, help="run folder (must not hold another run unless --resume)")
     parser.add_argument("--backbone", help="registry name: resnet18..152, plain18/34, vgg16/19")
     data = parser.add_argument_group("data")
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--accumulate", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--device")
-    parser.add_argument("--amp", choices=["none", "bf16", "fp16"])
+    parser.add_argument("--amp", choices=AMP_CHOICES)
     parser.add_argument("--eval-period", type=int, help="evaluate every N iterations and keep model_best.pth")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--resume", nargs="?", const=True, default=False, metavar="CKPT",
