@@ -43,6 +43,19 @@ def step(title: str, tool, argv: list[str], timings: dict[str, float]) -> None:
         raise UserError(f"demo step '{title}' failed (exit code {code})")
 
 
+DEMO_ENTRIES = {"data", "classifier", "detector", "detector_scratch", "eval", "REPORT.md"}
+
+
+def clear_previous_demo(out: Path) -> None:
+    """Remove an earlier demo's outputs from `out`; a folder holding anything else is not the demo's to delete."""
+    if not out.exists():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_ENTRIES) if out.is_dir() else [out.name]
+    if foreign:
+        raise UserError(f"{out}: holds {', '.join(foreign[:3])}, which the demo did not write; give another --output")
+    shutil.rmtree(out)
+
+
 def report(out: Path, timings: dict[str, float], scratch: bool) -> Path:
     det = json.loads((out / "eval" / "metrics.json").read_text())
     cls = json.loads((out / "classifier" / "metrics.json").read_text())
@@ -80,12 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="where the classifier and detectors train and run")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="none", help="train and run in bf16/fp16")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="one seed for the data, the classifier and the detectors (default 0)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
     out = Path(args.output)
-    if out.exists():
-        shutil.rmtree(out)
-    common = ["--workers", str(args.workers), "--device", args.device, "--amp", args.amp] + (
+    clear_previous_demo(out)
+    common = ["--workers", str(args.workers), "--device", args.device, "--amp", args.amp, "--seed", str(args.seed)] + (
         ["--no-progress"] if args.no_progress else [])
     timings: dict[str, float] = {}
     shapes, crops = out / "data" / "shapes", out / "data" / "crops"
@@ -94,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     det_small = ["model.backbone_options.width=8", "model.min_size=[96]", "model.max_size=160",
                  "solver.ims_per_batch=2", "model.roi.batch_size_per_image=16"] if args.small else []
     step("data", make_shapes, ["--output", str(shapes), "--num-train", str(args.num_train), "--num-val",
-                               str(args.num_val), "--crops", str(crops), *sides], timings)
+                               str(args.num_val), "--crops", str(crops), "--seed", str(args.seed), *sides], timings)
     step("classifier", train_cls, ["--config", "demo/shapes_crops_resnet18", "--data", str(crops),
                                    "--output", str(out / "classifier"), "--max-iter", str(args.cls_iters),
                                    f"solver.steps=[{args.cls_iters * 2 // 3},{args.cls_iters * 9 // 10}]", *common,

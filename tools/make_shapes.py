@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for split, path in files.items():
         log.info(f"{split}: {path}")
     if args.crops:
-        counts = make_crops(args.output, args.crops)
+        counts = make_crops(args.output, args.crops, seed=args.seed)
         log.info(f"crops: {args.crops} ({counts['train']} train, {counts['val']} val)")
     return 0
 
