@@ -16,10 +16,11 @@ class FrozenBatchNorm2d(nn.Module):
     make the statistics noisy). The state-dict keys equal `nn.BatchNorm2d`'s, so weights load either way.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5) -> None:
+    def __init__(self, num_features: int, eps: float = 1e-5, fused: bool = True) -> None:
         super().__init__()
         self.num_features = num_features
         self.eps = eps
+        self.fused = fused  # eager inference through PyTorch's batch_norm kernel (detectron2), else scale and shift
         self.register_buffer("weight", torch.ones(num_features))
         self.register_buffer("bias", torch.zeros(num_features))
         self.register_buffer("running_mean", torch.zeros(num_features))
@@ -34,16 +35,17 @@ class FrozenBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Eager inference uses the fused eval-mode kernel, as detectron2 does: imported detectors then give its
-        # detections to the last bit. With gradients, and when exporting (its decomposition cannot take a
-        # batch of data-dependent size, as the RoIs), the same map written out as a scale and a shift.
-        if not x.requires_grad and not torch.compiler.is_compiling():
+        # detections to the last bit. With gradients, when exporting (its decomposition cannot take a batch of
+        # data-dependent size, as the RoIs), and with `fused` off (torchvision's own FrozenBatchNorm2d, which its
+        # published detector weights run with), the same map written out as a scale and a shift.
+        if self.fused and not x.requires_grad and not torch.compiler.is_compiling():
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         scale = self.weight * (self.running_var + self.eps).rsqrt()
         shift = self.bias - self.running_mean * scale
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}"
+        return f"{self.num_features}, eps={self.eps}, fused={self.fused}"
 
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:

@@ -252,6 +252,8 @@ def weights_from_object(obj: Any, source: str) -> WeightFile:
         return WeightFile(state_dict, source, None, {}, input_format, fmt, record=record)
     if any(DETECTRON2_KEY.match(k) for k in state_dict):
         return detectron2_weights(state_dict, source)
+    if any(k.startswith(TORCHVISION_DETECTOR_BODY) for k in state_dict):
+        return torchvision_detector_weights(state_dict, source)
     if "pre_logits.fc1.weight" in state_dict:
         state_dict, fmt = timm_vgg_to_state_dict(state_dict), "timm"
     elif "conv1.0.weight" in state_dict and "layer1.0.conv1.weight" in state_dict:
@@ -289,13 +291,16 @@ def timm_vgg_to_state_dict(state: StateDict) -> dict[str, torch.Tensor]:
     return out
 
 
-DETECTRON2_KEY = re.compile(r"(backbone\.)?(stem\.conv1|res[2-5]\.\d+)\.|proposal_generator\.")
+DETECTRON2_KEY = re.compile(r"(backbone\.(bottom_up\.)?)?(stem\.conv1|res[2-5]\.\d+)\.|proposal_generator\.")
+# the parts of a detectron2 Faster R-CNN besides its ResNet: kept aside for detection.weights
+DETECTRON2_HEADS = ("proposal_generator.rpn_head.", "roi_heads.box_predictor.", "roi_heads.box_head.",
+                    "backbone.fpn_lateral", "backbone.fpn_output")
 
 
 def _detectron2_resnet_key(key: str) -> str | None:
     """torchvision-style classifier key of a detectron2 ResNet tensor (None: not part of the ResNet).
-    The C4 detector keeps res5 in its RoI head (`roi_heads.res5.*`)."""
-    key = key.removeprefix("backbone.").removeprefix("roi_heads.")
+    The C4 detector keeps res5 in its RoI head (`roi_heads.res5.*`), the FPN one under `backbone.bottom_up.`."""
+    key = key.removeprefix("backbone.").removeprefix("bottom_up.").removeprefix("roi_heads.")
     if m := re.fullmatch(r"stem\.conv1(\.norm)?\.(\w+)", key):
         return ("bn1." if m.group(1) else "conv1.") + m.group(2)
     if m := re.fullmatch(r"res([2-5])\.(\d+)\.(conv[1-3]|shortcut)(\.norm)?\.(\w+)", key):
@@ -309,20 +314,20 @@ def _detectron2_resnet_key(key: str) -> str | None:
 
 
 def detectron2_weights(state: StateDict, source: str) -> WeightFile:
-    """A detectron2 ResNet or Faster R-CNN C4 state dict: the ResNet in our classifier keys, the RPN and box
-    predictor in `extra` (detectron2's names), and the input convention (stored pixel mean/std when the file
-    has them, detectron2's BGR default otherwise)."""
+    """A detectron2 ResNet or Faster R-CNN (C4, FPN) state dict: the ResNet in our classifier keys, the FPN, RPN
+    and box head and predictor in `extra` (detectron2's names), and the input convention (stored pixel mean/std
+    when the file has them, detectron2's BGR default otherwise)."""
     resnet, extra = {}, {}
     for key, value in state.items():
         if key in ("pixel_mean", "pixel_std") or key.endswith("num_batches_tracked"):
             continue
         if (ours := _detectron2_resnet_key(key)) is not None:
             resnet[ours] = value.float()
-        elif key.startswith(("proposal_generator.rpn_head.", "roi_heads.box_predictor.")):
+        elif key.startswith(DETECTRON2_HEADS):
             extra[key] = value.float()
         else:
-            raise UserError(f"{source}: unexpected key {key!r} for a detectron2 ResNet / Faster R-CNN C4 "
-                            "(FPN and other heads have no counterpart here)")
+            raise UserError(f"{source}: unexpected key {key!r} for a detectron2 ResNet / Faster R-CNN (C4 or FPN; "
+                            "masks, keypoints and other heads have no counterpart here)")
     # detectron2's defaults (RESNETS.STRIDE_IN_1X1 for bottleneck blocks, INPUT.FORMAT, PIXEL_MEAN/STD): MSRA's
     options = {"stride_in_1x1": True} if "layer1.0.conv3.weight" in resnet else {}
     input_format = dict(MSRA_INPUT)
@@ -330,6 +335,24 @@ def detectron2_weights(state: StateDict, source: str) -> WeightFile:
         mean, std = (state[k].flatten().tolist() for k in ("pixel_mean", "pixel_std"))
         input_format = {"pixel_mean": mean, "pixel_std": std, "channel_order": "BGR" if mean[0] < mean[2] else "RGB"}
     return WeightFile(resnet, source, guess_arch(resnet), options, input_format, "detectron2", extra)
+
+
+TORCHVISION_DETECTOR_BODY = "backbone.body."
+
+
+def torchvision_detector_weights(state: StateDict, source: str) -> WeightFile:
+    """A torchvision Faster R-CNN state dict (`fasterrcnn_resnet50_fpn`): its ResNet (`backbone.body.*`) in our
+    classifier keys, the FPN, RPN and RoI heads in `extra` (torchvision's names). The file's BN layout tells the
+    frozen BN its model runs with: `FrozenBatchNorm2d` buffers (the published weights, which torchvision runs
+    with epsilon 0, as a scale and a shift) or `BatchNorm2d` ones (with `num_batches_tracked`: epsilon 1e-5,
+    PyTorch's batch_norm kernel); `record["frozen_bn"]`."""
+    body = {k.removeprefix(TORCHVISION_DETECTOR_BODY): v for k, v in state.items()
+            if k.startswith(TORCHVISION_DETECTOR_BODY) and not k.endswith("num_batches_tracked")}
+    extra = {k: v for k, v in state.items() if not k.startswith(TORCHVISION_DETECTOR_BODY)}
+    batchnorm = any(k.endswith("num_batches_tracked") for k in state)
+    frozen_bn = {"eps": 1e-5, "fused": True} if batchnorm else {"eps": 0.0, "fused": False}
+    return WeightFile(body, source, guess_arch(body), {}, {}, "torchvision", extra,
+                      record={"kind": "torchvision_detector", "frozen_bn": frozen_bn})
 
 
 def guess_arch(state_dict: StateDict) -> str | None:

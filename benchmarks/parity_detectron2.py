@@ -10,7 +10,7 @@ its compiled extension); nothing of detectron2 is part of this project:
 Without `--weights` (no network here) the detectron2 model gets seeded random weights made realistic: each
 frozen BN gets a random affine map and is calibrated to normalise its input on the image
 (`backbones.layers.calibrate_frozen_batchnorm`), the box predictor gets spread-out scores. The weights are
-written as a detectron2 model-zoo `.pkl`, imported with `detection.weights.import_detectron2`, and both
+written as a detectron2 model-zoo `.pkl`, imported with `detection.weights.import_detector`, and both
 detectors run on the image resized (as detectron2's `ResizeShortestEdge` does, with PIL) to the test size,
 so that no resampling difference enters. Prints the largest box and score differences over the kept
 detections.
@@ -28,8 +28,8 @@ import torch
 from PIL import Image
 
 from backbones.layers import calibrate_frozen_batchnorm
-from detection.train import DEFAULTS, OPEN_KEYS
-from detection.weights import import_detectron2
+from detection.train import DEFAULTS, LIMITS, OPEN_KEYS
+from detection.weights import import_detector
 from engine.config import load_config
 
 
@@ -84,8 +84,8 @@ def main() -> None:
                          "__author__": "parity check"}, f)
 
     expected = d2_model(d2_input)[0]["instances"]
-    cfg = load_config(DEFAULTS, args.config, [], open_keys=OPEN_KEYS)
-    ours, _ = import_detectron2(weights_path, cfg)
+    cfg = load_config(DEFAULTS, args.config, [], open_keys=OPEN_KEYS, limits=LIMITS)
+    ours, _ = import_detector(weights_path, cfg)
     got = ours([torch.from_numpy(rgb / 255.0).permute(2, 0, 1).float()])[0]
 
     n_d2, n_ours = len(expected), len(got["boxes"])

@@ -75,7 +75,9 @@ LIMITS = {"data.workers": "[0, inf)", "data.crop_size": "[1, inf)", "data.scale_
           "solver.error_window": "[1, inf)", "solver.plateau_patience": "[0, inf)",
           "solver.plateau_threshold": "[0, inf)", "solver.clip_grad_norm": "[0, inf)", "train.log_period": "[1, inf)",
           "train.eval_period": "[0, inf)", "train.checkpoint_period": "[1, inf)", "train.keep_checkpoints": "[1, inf)",
-          "train.eval_batch_size": "[1, inf)", "train.recompute_bn": "[0, inf)"}
+          "train.eval_batch_size": "[1, inf)", "train.recompute_bn": "[0, inf)", "train.amp": "{none, bf16, fp16}",
+          "data.pad_fill": "{mean, zero}", "solver.warmup_method": "{constant, linear}",
+          "data.dataset": "{imagenet, cifar10, synthetic}"}
 logger = get_logger("classification")
 
 

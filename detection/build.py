@@ -6,6 +6,7 @@ them per experiment (e.g. detectron2's C4 recipe: anchors 32..512, 512 RoIs, RoI
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -14,12 +15,14 @@ from torch import nn
 
 import backbones
 from backbones.features import model_head_prefixes
+from backbones.layers import FrozenBatchNorm2d
 from backbones.weights import WeightFile, check_options
 from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
 from detection.faster_rcnn import FasterRCNN
+from detection.fpn import BackboneWithFPN
 from detection.matcher import Matcher
-from detection.roi_heads import C4BoxHead, FastRCNNPredictor, RoIHeads, RoIPooler, VGGBoxHead
+from detection.roi_heads import C4BoxHead, FastRCNNPredictor, FCBoxHead, RoIHeads, RoIPooler
 from detection.rpn import RegionProposalNetwork, RPNHead
 from detection.transform import DetectionTransform
 from engine.checkpoint import load_checkpoint
@@ -36,18 +39,27 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "pixel_mean": None,
     "pixel_std": None,
     "channel_order": None,
+    "pixel_range": 255,  # normalise 0..255 values (detectron2) or, with mean and std / 255, 0..1 ones (torchvision)
+    "head": "c4",  # c4: the paper's (res5 per region; vgg*: fc6/fc7 on conv5_3); fpn: a feature pyramid
+    "fpn": {"out_channels": 256},
+    # None: each BN's own epsilon, PyTorch's batch_norm kernel (fused); torchvision's published FPN file: 0, unfused
+    "frozen_bn": {"eps": None, "fused": None},
     "min_size": [600],
     "max_size": 1000,
     "test_min_size": None,
+    "resize_rounding": "round",  # round (detectron2) or floor (torchvision) the resized image size
     "size_divisibility": 32,
-    "anchor_sizes": [128, 256, 512],
+    "anchor_sizes": [128, 256, 512],  # C4: all at stride 16; FPN: one per level, P2..P6
     "aspect_ratios": [0.5, 1.0, 2.0],
+    "round_anchors": False,  # torchvision rounds the anchors' corners to whole pixels
+    "anchor_stride_from_image": False,  # torchvision: a level's stride is the padded size // its grid size
     "rpn": {
         "batch_size_per_image": 256, "positive_fraction": 0.5, "iou_thresholds": [0.3, 0.7],
         "pre_nms_topk_train": 12000, "post_nms_topk_train": 2000, "pre_nms_topk_test": 6000,
         "post_nms_topk_test": 300, "nms_thresh": 0.7,
         "min_box_size": 16.0,  # proposals smaller than this at the original image scale are dropped (0: keep all)
         "allowed_border": 0.0,  # RPN trains on anchors inside the image by this margin (-1: on all, detectron2)
+        "nms_on_probabilities": False,  # rank proposals by sigmoid(objectness) for NMS, as torchvision
         "smooth_l1_beta": 0.1111, "loss_weight": 1.0,
     },
     "roi": {
@@ -56,6 +68,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
         "sampling_ratio": 0, "aligned": True, "batch_size_per_image": 128, "positive_fraction": 0.25,
         "fg_iou": 0.5, "bg_iou_low": 0.1, "bbox_reg_weights": [10.0, 10.0, 5.0, 5.0], "smooth_l1_beta": 1.0,
         "score_thresh": 0.05, "nms_thresh": 0.3, "detections_per_image": 100, "dropout": 0.5,
+        "min_box_size": 0.0,  # detections narrower or lower than this are dropped (torchvision: 0.01; detectron2: 0)
+        "fc_dim": 1024, "level_assignment": "detectron2", "canonical_box_size": 224, "canonical_level": 4,  # FPN
     },
 }
 
@@ -73,7 +87,11 @@ MODEL_LIMITS = {
     "roi.batch_size_per_image": "[1, inf)", "roi.positive_fraction": FRACTION, "roi.fg_iou": FRACTION,
     "roi.bg_iou_low": FRACTION, "roi.bbox_reg_weights": POSITIVE, "roi.smooth_l1_beta": NON_NEGATIVE,
     "roi.score_thresh": FRACTION, "roi.nms_thresh": FRACTION, "roi.detections_per_image": "[1, inf)",
-    "roi.dropout": "[0, 1)",
+    "roi.dropout": "[0, 1)", "roi.min_box_size": NON_NEGATIVE, "roi.fc_dim": "[1, inf)",
+    "roi.canonical_box_size": POSITIVE, "roi.canonical_level": "[1, inf)", "fpn.out_channels": "[1, inf)",
+    "frozen_bn.eps": NON_NEGATIVE, "head": "{c4, fpn}", "channel_order": "{RGB, BGR}",
+    "resize_rounding": "{round, floor}", "pixel_range": "{1, 255}", "roi.pooler": "{roialign, roipool}",
+    "roi.level_assignment": "{detectron2, torchvision}",
 }
 
 
@@ -129,45 +147,67 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
     if weights is None and m["weights"]:
         weights = backbones.read_weights(m["weights"])
     resolve_input_format(cfg, weights)
+    if weights is not None and "frozen_bn" in weights.record:  # how the file's own library runs its frozen BN
+        for key, value in weights.record["frozen_bn"].items():
+            if m["frozen_bn"][key] is None:
+                m["frozen_bn"][key] = value
     classifier = _load_classifier(m, None if weights is None or weights.is_detector else weights)
     rpn_cfg, roi = m["rpn"], m["roi"]
-    if family in ("resnet", "plain"):
-        trunk, res5, head_shape = backbones.split_model(classifier, "res4", freeze_at=m["freeze_at"], frozen_bn=True)
-        feature_name = "res4"
-        box_head: nn.Module = C4BoxHead(res5, head_shape.channels)
-        pooler_kind, resolution = roi["pooler"], roi["pooler_resolution"] or 14
-    elif family == "vgg":
+    if family in ("resnet", "plain") and m["head"] == "fpn":
+        trunk = backbones.backbone_from_model(classifier, ["res2", "res3", "res4", "res5"], freeze_at=m["freeze_at"],
+                                              frozen_bn=True)
+        backbone: nn.Module = BackboneWithFPN(trunk, m["fpn"]["out_channels"])
+        levels = backbone.output_shape()
+        rpn_features, roi_features = list(levels), list(levels)[:4]  # P6 only proposes
+        resolution = roi["pooler_resolution"] or 7
+        box_head: nn.Module = FCBoxHead.fresh(m["fpn"]["out_channels"] * resolution**2, roi["fc_dim"])
+    elif family in ("resnet", "plain"):
+        backbone, res5, head_shape = backbones.split_model(classifier, "res4", freeze_at=m["freeze_at"],
+                                                           frozen_bn=True)
+        rpn_features = roi_features = ["res4"]
+        box_head = C4BoxHead(res5, head_shape.channels)
+        resolution = roi["pooler_resolution"] or 14
+    elif family == "vgg" and m["head"] == "c4":
         last = classifier.stages()[-1].name
-        trunk = backbones.backbone_from_model(classifier, [last], freeze_at=m["freeze_at"])
-        feature_name = last
-        box_head = VGGBoxHead(classifier.classifier[0], classifier.classifier[3], roi["dropout"])
-        pooler_kind, resolution = roi["pooler"], roi["pooler_resolution"] or 7
+        backbone = backbones.backbone_from_model(classifier, [last], freeze_at=m["freeze_at"])
+        rpn_features = roi_features = [last]
+        box_head = FCBoxHead(classifier.classifier[0], classifier.classifier[3], roi["dropout"])
+        resolution = roi["pooler_resolution"] or 7
         if resolution != 7:
             raise UserError(f"{m['backbone']}: fc6 takes 7x7 regions; model.roi.pooler_resolution must be 7")
     else:
-        raise UserError(f"{m['backbone']}: detectors are built on ImageNet resnet*, plain* or vgg* backbones")
-    feature_shape = trunk.output_shape()[feature_name]
-    anchors = AnchorGenerator(m["anchor_sizes"], m["aspect_ratios"], feature_shape.stride)
+        raise UserError(f"{m['backbone']} with model.head={m['head']}: detectors are built on ImageNet resnet* or "
+                        "plain* backbones (C4 or FPN), or vgg* (conv5_3 with fc6/fc7)")
+    shapes = backbone.output_shape()
+    anchors = AnchorGenerator(m["anchor_sizes"], m["aspect_ratios"], [shapes[n].stride for n in rpn_features],
+                              round_cells=m["round_anchors"], stride_from_image=m["anchor_stride_from_image"])
     rpn = RegionProposalNetwork(
-        RPNHead(feature_shape.channels, anchors.num_anchors), anchors,
+        RPNHead(shapes[rpn_features[0]].channels, anchors.num_anchors), anchors,
         matcher=Matcher(rpn_cfg["iou_thresholds"], (0, -1, 1), allow_low_quality_matches=True),
         batch_size_per_image=rpn_cfg["batch_size_per_image"], positive_fraction=rpn_cfg["positive_fraction"],
         pre_nms_topk=(rpn_cfg["pre_nms_topk_train"], rpn_cfg["pre_nms_topk_test"]),
         post_nms_topk=(rpn_cfg["post_nms_topk_train"], rpn_cfg["post_nms_topk_test"]),
         nms_thresh=rpn_cfg["nms_thresh"], min_box_size=rpn_cfg["min_box_size"],
-        allowed_border=rpn_cfg["allowed_border"],
+        allowed_border=rpn_cfg["allowed_border"], nms_on_probabilities=rpn_cfg["nms_on_probabilities"],
         smooth_l1_beta=rpn_cfg["smooth_l1_beta"], loss_weight=rpn_cfg["loss_weight"])
+    pooler = RoIPooler(resolution, [1.0 / shapes[n].stride for n in roi_features], roi["pooler"],
+                       roi["sampling_ratio"], roi["aligned"], min_level=int(math.log2(shapes[roi_features[0]].stride)),
+                       canonical_box_size=roi["canonical_box_size"], canonical_level=roi["canonical_level"],
+                       level_rule=roi["level_assignment"])
     roi_heads = RoIHeads(
-        RoIPooler(resolution, 1.0 / feature_shape.stride, pooler_kind, roi["sampling_ratio"], roi["aligned"]),
-        box_head, FastRCNNPredictor(box_head.out_features, num_classes), num_classes,
+        pooler, box_head, FastRCNNPredictor(box_head.out_features, num_classes), num_classes,
         matcher=Matcher((roi["bg_iou_low"], roi["fg_iou"]), (-1, 0, 1)),
         box_coder=BoxCoder(roi["bbox_reg_weights"]), batch_size_per_image=roi["batch_size_per_image"],
         positive_fraction=roi["positive_fraction"], smooth_l1_beta=roi["smooth_l1_beta"],
         score_thresh=roi["score_thresh"], nms_thresh=roi["nms_thresh"],
-        detections_per_image=roi["detections_per_image"])
+        detections_per_image=roi["detections_per_image"], min_box_size=roi["min_box_size"])
     transform = DetectionTransform(m["min_size"], m["max_size"], m["test_min_size"], m["pixel_mean"], m["pixel_std"],
-                                   m["channel_order"], m["size_divisibility"])
-    model = FasterRCNN(trunk, rpn, roi_heads, transform, feature_name)
+                                   m["channel_order"], m["size_divisibility"], m["resize_rounding"], m["pixel_range"])
+    model = FasterRCNN(backbone, rpn, roi_heads, transform, rpn_features, roi_features)
+    for module in model.modules():
+        if isinstance(module, FrozenBatchNorm2d):
+            module.eps = module.eps if m["frozen_bn"]["eps"] is None else float(m["frozen_bn"]["eps"])
+            module.fused = module.fused if m["frozen_bn"]["fused"] is None else bool(m["frozen_bn"]["fused"])
     if weights is not None and (weights.is_detector or weights.extra):
         load_detector_weights(model, weights, m)
     return model

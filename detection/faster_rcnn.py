@@ -1,5 +1,6 @@
-"""Faster R-CNN as the composition of a shared trunk, the RPN and the RoI heads (torchvision's convention:
-losses in training mode, per-image `{"boxes", "scores", "labels"}` in original coordinates otherwise)."""
+"""Faster R-CNN as the composition of a shared backbone (a ResNet trunk, or a trunk and an FPN), the RPN and the
+RoI heads (torchvision's convention: losses in training mode, per-image `{"boxes", "scores", "labels"}` in
+original coordinates otherwise)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from detection.transform import DetectionTransform
 
 class FasterRCNN(nn.Module):
     def __init__(self, backbone: nn.Module, rpn: RegionProposalNetwork, roi_heads: RoIHeads,
-                 transform: DetectionTransform, feature_name: str) -> None:
+                 transform: DetectionTransform, rpn_features: list[str], roi_features: list[str]) -> None:
+        """`backbone(images)` returns named feature maps: the RPN runs on `rpn_features` (C4: res4; FPN: p2..p6),
+        the RoI heads pool from `roi_features` (C4: res4; FPN: p2..p5)."""
         super().__init__()
         self.backbone, self.rpn, self.roi_heads, self.transform = backbone, rpn, roi_heads, transform
-        self.feature_name = feature_name
+        self.rpn_features, self.roi_features = list(rpn_features), list(roi_features)
         self.dropped_degenerate = 0
 
     def _drop_degenerate(self, targets: list[dict]) -> list[dict]:
@@ -40,9 +43,10 @@ class FasterRCNN(nn.Module):
             targets = self._drop_degenerate(targets)
         original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]  # no int(): symbolic when exporting
         image_list, targets = self.transform(images, targets)
-        feature = self.backbone(image_list.tensors)[self.feature_name]
-        proposals, rpn_losses = self.rpn(image_list, feature, targets)
-        detections, roi_losses = self.roi_heads(feature, proposals, image_list.image_sizes, targets)
+        features = self.backbone(image_list.tensors)
+        proposals, rpn_losses = self.rpn(image_list, [features[n] for n in self.rpn_features], targets)
+        detections, roi_losses = self.roi_heads([features[n] for n in self.roi_features], proposals,
+                                                image_list.image_sizes, targets)
         if self.training:
             return {**rpn_losses, **roi_losses}
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)

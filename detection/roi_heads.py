@@ -1,5 +1,6 @@
-"""Per-region part of Faster R-CNN: RoI pooling, the box head (ResNet res5 or VGG fc6/fc7), the sibling
-classifier and class-specific box regressor, their losses, and test-time post-processing."""
+"""Per-region part of Faster R-CNN: RoI pooling (one feature map, or the FPN levels), the box head (ResNet res5,
+or two fully connected layers: VGG's fc6/fc7, FPN's 2 x 1024), the sibling classifier and class-specific box
+regressor, their losses, and test-time post-processing."""
 
 from __future__ import annotations
 
@@ -13,29 +14,64 @@ from detection.matcher import Matcher
 from detection.ops import grouped_nms
 from detection.sampler import sample_labels
 
+LEVEL_RULES = ("detectron2", "torchvision")
+
+
+def assign_levels(boxes: torch.Tensor, min_level: int, max_level: int, canonical_box_size: float = 224.0,
+                  canonical_level: int = 4, rule: str = "detectron2") -> torch.Tensor:
+    """FPN level index (0 = `min_level`) of each box: floor(canonical_level + log2(sqrt(area) / canonical size)),
+    clamped. The two libraries guard the floor differently at exact powers of two: detectron2 adds 1e-8 inside
+    the log, torchvision 1e-6 outside it."""
+    sizes = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).sqrt()
+    if rule == "detectron2":
+        levels = torch.floor(canonical_level + torch.log2(sizes / canonical_box_size + 1e-8))
+    elif rule == "torchvision":
+        levels = torch.floor(canonical_level + torch.log2(sizes / canonical_box_size) + 1e-6)
+    else:
+        raise ValueError(f"level rule must be one of {', '.join(LEVEL_RULES)}, got {rule!r}")
+    return (levels.clamp(min_level, max_level) - min_level).to(torch.int64)
+
 
 class RoIPooler(nn.Module):
-    """RoIAlign (`aligned=True` is detectron2's ROIAlignV2) or the paper's RoIPool, to a fixed grid."""
+    """RoIAlign (`aligned=True` is detectron2's ROIAlignV2) or the paper's RoIPool, to a fixed grid, from one
+    feature map (C4, VGG) or from the FPN level each box belongs to (`spatial_scale` one per level, finest
+    first, `min_level` the finest's level, see `assign_levels`)."""
 
-    def __init__(self, output_size: int, spatial_scale: float, kind: str = "roialign", sampling_ratio: int = 0,
-                 aligned: bool = True) -> None:
+    def __init__(self, output_size: int, spatial_scale: float | list[float], kind: str = "roialign",
+                 sampling_ratio: int = 0, aligned: bool = True, *, min_level: int = 2,
+                 canonical_box_size: float = 224.0, canonical_level: int = 4, level_rule: str = "detectron2") -> None:
         super().__init__()
         if kind not in ("roialign", "roipool"):
             raise ValueError(f"pooler must be roialign or roipool, got {kind!r}")
-        self.output_size, self.spatial_scale, self.kind = output_size, spatial_scale, kind
+        self.output_size, self.kind = output_size, kind
+        self.scales = [spatial_scale] if isinstance(spatial_scale, (int, float)) else list(spatial_scale)
         self.sampling_ratio, self.aligned = sampling_ratio, aligned
+        self.min_level, self.canonical_box_size = min_level, canonical_box_size
+        self.canonical_level, self.level_rule = canonical_level, level_rule
 
-    def forward(self, feature: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
-        """Pool `boxes` (image pixels, float32) from `feature`. A half-precision feature map (autocast) is pooled
-        in float32, as torchvision's autocast does for RoIAlign, and returned in its own precision: the box
-        coordinates are never rounded to 8 bits of mantissa."""
-        boxes = [b.float() if b.dtype != torch.float64 else b for b in boxes]
-        x = feature if feature.dtype == boxes[0].dtype else feature.to(boxes[0].dtype)
+    def _pool(self, feature: torch.Tensor, rois: torch.Tensor, scale: float) -> torch.Tensor:
         if self.kind == "roipool":
-            out = roi_pool(x, boxes, self.output_size, self.spatial_scale)
-        else:
-            out = roi_align(x, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
-        return out.to(feature.dtype)
+            return roi_pool(feature, rois, self.output_size, scale)
+        return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, self.aligned)
+
+    def forward(self, features: torch.Tensor | list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
+        """Pool `boxes` (image pixels, per image) from `features`. Half-precision feature maps (autocast) are
+        pooled in float32, as torchvision's autocast does for RoIAlign, and returned in their own precision:
+        the box coordinates are never rounded to 8 bits of mantissa."""
+        features = [features] if isinstance(features, torch.Tensor) else features
+        boxes = [b.float() if b.dtype != torch.float64 else b for b in boxes]
+        dtype = boxes[0].dtype
+        rois = torch.cat([torch.cat([torch.full_like(b[:, :1], i), b], dim=1) for i, b in enumerate(boxes)])
+        maps = [f if f.dtype == dtype else f.to(dtype) for f in features]
+        if len(maps) == 1:
+            return self._pool(maps[0], rois, self.scales[0]).to(features[0].dtype)
+        levels = assign_levels(rois[:, 1:], self.min_level, self.min_level + len(maps) - 1,
+                               self.canonical_box_size, self.canonical_level, self.level_rule)
+        out = rois.new_zeros((rois.shape[0], maps[0].shape[1], self.output_size, self.output_size))
+        for level, (feature, scale) in enumerate(zip(maps, self.scales, strict=True)):
+            idx = torch.nonzero(levels == level, as_tuple=True)[0]
+            out[idx] = self._pool(feature, rois[idx], scale).to(out.dtype)
+        return out.to(features[0].dtype)
 
 
 class C4BoxHead(nn.Module):
@@ -50,13 +86,23 @@ class C4BoxHead(nn.Module):
         return self.res5(x).mean(dim=(2, 3))
 
 
-class VGGBoxHead(nn.Module):
-    """VGG-16's fc6 and fc7 (initialised from the ImageNet classifier) on 7x7 pooled regions."""
+class FCBoxHead(nn.Module):
+    """Two fully connected layers on the flattened pooled regions: VGG-16's fc6 and fc7 (initialised from the
+    ImageNet classifier, dropout 0.5) on 7x7 conv5_3 regions, or the FPN detector's 2 x 1024 head."""
 
     def __init__(self, fc6: nn.Linear, fc7: nn.Linear, dropout: float = 0.5) -> None:
         super().__init__()
         self.fc6, self.fc7, self.dropout = fc6, fc7, nn.Dropout(dropout)
         self.out_features = fc7.out_features
+
+    @classmethod
+    def fresh(cls, in_features: int, fc_dim: int) -> FCBoxHead:
+        """Newly initialised layers (detectron2's c2_xavier_fill: Kaiming-uniform with a = 1, zero bias)."""
+        fc6, fc7 = nn.Linear(in_features, fc_dim), nn.Linear(fc_dim, fc_dim)
+        for layer in (fc6, fc7):
+            nn.init.kaiming_uniform_(layer.weight, a=1)
+            nn.init.zeros_(layer.bias)
+        return cls(fc6, fc7, dropout=0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(F.relu(self.fc6(x.flatten(1))))
@@ -87,7 +133,8 @@ class RoIHeads(nn.Module):
     def __init__(self, pooler: RoIPooler, box_head: nn.Module, predictor: FastRCNNPredictor, num_classes: int, *,
                  matcher: Matcher | None = None, box_coder: BoxCoder | None = None, batch_size_per_image: int = 128,
                  positive_fraction: float = 0.25, proposal_append_gt: bool = True, smooth_l1_beta: float = 1.0,
-                 score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_image: int = 100) -> None:
+                 score_thresh: float = 0.05, nms_thresh: float = 0.3, detections_per_image: int = 100,
+                 min_box_size: float = 0.0) -> None:
         super().__init__()
         self.pooler, self.box_head, self.predictor, self.num_classes = pooler, box_head, predictor, num_classes
         self.matcher = matcher or Matcher((0.1, 0.5), (-1, 0, 1))
@@ -95,6 +142,7 @@ class RoIHeads(nn.Module):
         self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
         self.proposal_append_gt, self.smooth_l1_beta = proposal_append_gt, smooth_l1_beta
         self.score_thresh, self.nms_thresh, self.detections_per_image = score_thresh, nms_thresh, detections_per_image
+        self.min_box_size = min_box_size  # 0: keep boxes clipped to nothing (detectron2); torchvision drops < 0.01 px
 
     @torch.no_grad()
     def sample(self, proposals: list[torch.Tensor], targets: list[dict]
@@ -117,13 +165,14 @@ class RoIHeads(nn.Module):
             gt_out.append(gt[matches[keep]] if len(gt) else props[keep])
         return boxes_out, torch.cat(labels_out), torch.cat(gt_out)
 
-    def forward(self, feature: torch.Tensor, proposals: list[torch.Tensor], image_sizes: list[tuple[int, int]],
-                targets: list[dict] | None = None) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    def forward(self, features: torch.Tensor | list[torch.Tensor], proposals: list[torch.Tensor],
+                image_sizes: list[tuple[int, int]], targets: list[dict] | None = None
+                ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
             proposals, labels, gt_boxes = self.sample(proposals, targets)
-        x = self.box_head(self.pooler(feature, proposals))
+        x = self.box_head(self.pooler(features, proposals))
         class_logits, box_deltas = self.predictor(x)
         if self.training:
             return [], self.losses(class_logits, box_deltas, torch.cat(proposals), labels, gt_boxes)
@@ -152,6 +201,8 @@ class RoIHeads(nn.Module):
             labels = torch.arange(1, self.num_classes + 1, device=p.device).expand_as(p)
             # as detectron2: a box clipped to nothing (zero width or height) stays a detection when it scores
             keep = (p > self.score_thresh) & torch.isfinite(b).all(dim=-1)
+            if self.min_box_size > 0:
+                keep &= ((b[..., 2] - b[..., 0]) >= self.min_box_size) & ((b[..., 3] - b[..., 1]) >= self.min_box_size)
             b, p, labels = b[keep], p[keep], labels[keep]
             kept = grouped_nms(b, p, labels, self.nms_thresh, torch.sym_max(h, w))[: self.detections_per_image]
             results.append({"boxes": b[kept], "scores": p[kept], "labels": labels[kept]})

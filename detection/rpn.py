@@ -40,20 +40,24 @@ def clip_to_sizes(boxes: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
 
 
 class RegionProposalNetwork(nn.Module):
-    """Scores and refines anchors; returns per-image proposals and, in training, its two losses.
+    """Scores and refines anchors on one feature map (C4) or several (FPN, one head shared by the levels);
+    returns per-image proposals and, in training, its two losses.
 
     Defaults follow Faster R-CNN: 256 anchors per image at most half positive (IoU >= 0.7, or the best
     anchor of a box) against negatives (IoU < 0.3), among the anchors inside the image (`allowed_border` 0;
-    -1 trains on all, as detectron2); proposals: top `pre_nms_topk` by objectness, those at least
-    `min_box_size` pixels wide and high at the image's original scale (16; 0 keeps any non-empty box), NMS 0.7,
-    then `post_nms_topk` (2000 training / 300 testing). Losses are normalised by the sampled anchor count.
+    -1 trains on all, as detectron2); proposals: top `pre_nms_topk` by objectness on each level, those at least
+    `min_box_size` pixels wide and high at the image's original scale (16; 0 keeps any non-empty box), NMS 0.7
+    within each level, then the `post_nms_topk` best of the image (2000 training / 300 testing). NMS ranks by
+    the objectness logits (detectron2) or, with `nms_on_probabilities`, by their sigmoid (torchvision: the same
+    order except where float32 rounds two probabilities to one). Losses are normalised by the sampled anchor
+    count.
     """
 
     def __init__(self, head: RPNHead, anchor_generator: AnchorGenerator, *, matcher: Matcher | None = None,
                  box_coder: BoxCoder | None = None, batch_size_per_image: int = 256, positive_fraction: float = 0.5,
                  pre_nms_topk: tuple[int, int] = (12000, 6000), post_nms_topk: tuple[int, int] = (2000, 300),
                  nms_thresh: float = 0.7, min_box_size: float = 16.0, allowed_border: float = 0.0,
-                 smooth_l1_beta: float = 1 / 9, loss_weight: float = 1.0) -> None:
+                 nms_on_probabilities: bool = False, smooth_l1_beta: float = 1 / 9, loss_weight: float = 1.0) -> None:
         super().__init__()
         self.head, self.anchor_generator = head, anchor_generator
         self.matcher = matcher or Matcher((0.3, 0.7), (0, -1, 1), allow_low_quality_matches=True)
@@ -61,36 +65,55 @@ class RegionProposalNetwork(nn.Module):
         self.batch_size_per_image, self.positive_fraction = batch_size_per_image, positive_fraction
         self.pre_nms_topk, self.post_nms_topk = pre_nms_topk, post_nms_topk
         self.nms_thresh, self.min_box_size, self.allowed_border = nms_thresh, min_box_size, allowed_border
+        self.nms_on_probabilities = nms_on_probabilities
         self.smooth_l1_beta, self.loss_weight = smooth_l1_beta, loss_weight
 
-    def forward(self, images: ImageList, feature: torch.Tensor, targets: list[dict] | None = None
-                ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        logits, deltas = self.head(feature)
-        anchors = self.anchor_generator(feature)
-        b, a, h, w = logits.shape
-        logits = logits.permute(0, 2, 3, 1).reshape(b, -1)  # (B, H*W*A), the anchors' order
-        deltas = deltas.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4)
-        proposals = self.find_proposals(anchors, logits.detach(), deltas.detach(), images.image_sizes,
+    def forward(self, images: ImageList, features: torch.Tensor | list[torch.Tensor],
+                targets: list[dict] | None = None) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        features = [features] if isinstance(features, torch.Tensor) else features
+        anchors = self.anchor_generator(features, tuple(images.tensors.shape[-2:]))
+        logits, deltas = [], []
+        for feature in features:
+            level_logits, level_deltas = self.head(feature)
+            b, a, h, w = level_logits.shape
+            logits.append(level_logits.permute(0, 2, 3, 1).reshape(b, -1))  # (B, H*W*A), the anchors' order
+            deltas.append(level_deltas.view(b, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, 4))
+        logits_all, deltas_all = torch.cat(logits, dim=1), torch.cat(deltas, dim=1)
+        proposals = self.find_proposals(anchors, logits_all.detach(), deltas_all.detach(), images.image_sizes,
                                         images.scales())
         losses = {}
         if self.training:
             if targets is None:
                 raise ValueError("targets are required in training mode")
-            losses = self.losses(anchors, logits, deltas, targets, images.image_sizes)
+            losses = self.losses(torch.cat(anchors), logits_all, deltas_all, targets, images.image_sizes)
         return proposals, losses
 
     @torch.no_grad()
-    def find_proposals(self, anchors: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor,
+    def find_proposals(self, anchors: torch.Tensor | list[torch.Tensor], logits: torch.Tensor, deltas: torch.Tensor,
                        image_sizes: list[tuple[int, int]], scales: list[float] | None = None) -> list[torch.Tensor]:
-        """Per image: the best-scoring decoded anchors after clipping, the minimum-size filter (in original
-        pixels: `min_box_size` times the image's `scales` entry) and NMS."""
+        """Per image: on each level (`anchors` per level; `logits` (B, all anchors) and `deltas` (B, all anchors,
+        4) in the same order) the best-scoring decoded anchors; then clipping, the minimum-size filter (in
+        original pixels: `min_box_size` times the image's `scales` entry) and NMS within each level."""
+        anchors = [anchors] if isinstance(anchors, torch.Tensor) else anchors
         pre = self.pre_nms_topk[0 if self.training else 1]
         post = self.post_nms_topk[0 if self.training else 1]
         b = logits.shape[0]
-        scores, idx = logits.float().topk(min(pre, logits.shape[1]), dim=1)  # scores and boxes in float32
-        k = idx.shape[1]
-        boxes = self.box_coder.decode(deltas.gather(1, idx[..., None].expand(b, k, 4)).reshape(-1, 4),
-                                      anchors[idx.reshape(-1)]).view(b, k, 4)
+        logits = logits.float()  # scores and boxes in float32
+        picked_scores, picked_boxes, picked_levels = [], [], []
+        start = 0
+        for level, level_anchors in enumerate(anchors):
+            n = level_anchors.shape[0]
+            scores, idx = logits[:, start:start + n].topk(min(pre, n), dim=1)
+            k = idx.shape[1]
+            level_deltas = deltas[:, start:start + n].gather(1, idx[..., None].expand(b, k, 4))
+            picked_boxes.append(self.box_coder.decode(level_deltas.reshape(-1, 4), level_anchors[idx.reshape(-1)])
+                                .view(b, k, 4))
+            picked_scores.append(scores)
+            picked_levels.append(torch.full((b, k), level, dtype=torch.int64, device=logits.device))
+            start += n
+        boxes, scores = torch.cat(picked_boxes, dim=1), torch.cat(picked_scores, dim=1)
+        levels = torch.cat(picked_levels, dim=1)
+        k = boxes.shape[1]
         limits = torch.tensor([[w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
         boxes = clip_to_sizes(boxes, limits[:, None, :]).reshape(-1, 4)
         scores = scores.reshape(-1)
@@ -102,7 +125,9 @@ class RegionProposalNetwork(nn.Module):
             keep &= (widths >= smallest[image_idx]) & (heights >= smallest[image_idx])
         keep = torch.nonzero(keep, as_tuple=True)[0]
         boxes, scores, image_idx = boxes[keep], scores[keep], image_idx[keep]
-        keep = grouped_nms(boxes, scores, image_idx, self.nms_thresh, limits.max())  # by decreasing score
+        groups = image_idx * len(anchors) + levels.reshape(-1)[keep]
+        ranking = scores.sigmoid() if self.nms_on_probabilities else scores
+        keep = grouped_nms(boxes, ranking, groups, self.nms_thresh, limits.max())  # by decreasing score
         return [boxes[keep[image_idx[keep] == i][:post]] for i in range(b)]
 
     def losses(self, anchors: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor, targets: list[dict],

@@ -60,7 +60,9 @@ LIMITS = {**{f"model.{k}": v for k, v in MODEL_LIMITS.items()},
           "solver.gamma": POSITIVE, "solver.warmup_iters": NON_NEGATIVE, "solver.warmup_factor": FRACTION,
           "solver.clip_grad_norm": NON_NEGATIVE, "train.log_period": "[1, inf)", "train.eval_period": NON_NEGATIVE,
           "train.checkpoint_period": "[1, inf)", "train.keep_checkpoints": "[1, inf)",
-          "test.batch_size": "[1, inf)", "test.vis_images": NON_NEGATIVE, "test.vis_score_thresh": FRACTION}
+          "test.batch_size": "[1, inf)", "test.vis_images": NON_NEGATIVE, "test.vis_score_thresh": FRACTION,
+          "train.amp": "{none, bf16, fp16}", "test.backend": "{pycocotools, faster_coco_eval}",
+          "solver.warmup_method": "{constant, linear}"}
 logger = get_logger("detection")
 
 

@@ -12,35 +12,49 @@ from torch import nn
 
 from detection.structures import ImageList
 
+ROUNDINGS = ("round", "floor")
 
-def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
+
+def resized_shape(height: int, width: int, min_size: int, max_size: int, rounding: str = "round") -> tuple[int, int]:
     """Shorter side to `min_size` unless that makes the longer side exceed `max_size` (Faster R-CNN), rounded
-    as detectron2 does. `torch.sym_min`/`sym_max` are `min`/`max` on numbers and stay symbolic (no branch
-    taken) when the sizes are, so that an exported detector resizes every image shape correctly."""
+    to the nearest pixel as detectron2 does, or down (`rounding="floor"`) as torchvision does.
+    `torch.sym_min`/`sym_max` are `min`/`max` on numbers and stay symbolic (no branch taken) when the sizes
+    are, so that an exported detector resizes every image shape correctly."""
     scale = torch.sym_min(min_size / torch.sym_min(height, width), max_size / torch.sym_max(height, width))
-    return torch.sym_max(1, torch.sym_int(height * scale + 0.5)), torch.sym_max(1, torch.sym_int(width * scale + 0.5))
+    half = 0.5 if rounding == "round" else 0.0
+    return torch.sym_max(1, torch.sym_int(height * scale + half)), torch.sym_max(1, torch.sym_int(width * scale + half))
 
 
 class DetectionTransform(nn.Module):
     """Images arrive as float RGB tensors in 0..1 of any size.
 
     `pixel_mean`/`pixel_std` are in 0..255 units in `channel_order` (detectron2's convention; the MSRA
-    Caffe weights want BGR with std 1). Training picks the shorter side at random from `min_size`
-    (multi-scale training with several values); testing uses `test_min_size`.
+    Caffe weights want BGR with std 1). `pixel_range` is where they are applied: to the image scaled to 0..255
+    (detectron2) or, divided by 255, to the 0..1 image (torchvision): the same map, rounded differently in the
+    last bit, which a deep network can carry far enough to matter for bit-level parity. Training picks the
+    shorter side at random from `min_size` (multi-scale training with several values); testing uses
+    `test_min_size`.
     """
 
     def __init__(self, min_size: Sequence[int] = (600,), max_size: int = 1000, test_min_size: int | None = None,
                  pixel_mean: Sequence[float] = (123.675, 116.28, 103.53),
                  pixel_std: Sequence[float] = (58.395, 57.12, 57.375), channel_order: str = "RGB",
-                 size_divisibility: int = 32) -> None:
+                 size_divisibility: int = 32, rounding: str = "round", pixel_range: int = 255) -> None:
         super().__init__()
         if channel_order not in ("RGB", "BGR"):
             raise ValueError(f"channel_order must be RGB or BGR, got {channel_order!r}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"resize rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+        self.rounding = rounding
         self.min_size = tuple(min_size)
         self.test_min_size = test_min_size or self.min_size[-1]
         self.max_size, self.channel_order, self.size_divisibility = max_size, channel_order, size_divisibility
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), False)
+        if pixel_range not in (1, 255):
+            raise ValueError(f"pixel_range must be 1 or 255, got {pixel_range!r}")
+        self.pixel_range = pixel_range
+        mean, std = ([v * pixel_range / 255 for v in values] for values in (pixel_mean, pixel_std))
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(3, 1, 1), False)
 
     def _target_size(self) -> int:
         if self.training and len(self.min_size) > 1:
@@ -54,8 +68,8 @@ class DetectionTransform(nn.Module):
             if image.dim() != 3 or image.shape[0] != 3:
                 raise ValueError(f"expected a (3, H, W) image, got shape {tuple(image.shape)}")
             h, w = image.shape[-2:]
-            new_h, new_w = resized_shape(h, w, self._target_size(), self.max_size)
-            x = image * 255.0
+            new_h, new_w = resized_shape(h, w, self._target_size(), self.max_size, self.rounding)
+            x = image * 255.0 if self.pixel_range == 255 else image
             if self.channel_order == "BGR":
                 x = x.flip(0)
             x = (x - self.pixel_mean) / self.pixel_std

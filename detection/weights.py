@@ -9,6 +9,7 @@ Our own `model_final.pth` / `model_best.pth` start a fine-tuning run the same wa
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -25,33 +26,60 @@ logger = get_logger("detection")
 
 RPN_PREFIX, PREDICTOR_PREFIX = "proposal_generator.rpn_head.", "roi_heads.box_predictor."
 RPN_OURS = "rpn.head."
+# detectron2 and torchvision names of the parts besides the ResNet -> ours (regular expressions)
+DETECTRON2_NAMES = ((r"proposal_generator\.rpn_head\.", "rpn.head."),
+                    (r"backbone\.fpn_lateral(\d)\.", lambda m: f"backbone.fpn.lateral_convs.{int(m[1]) - 2}."),
+                    (r"backbone\.fpn_output(\d)\.", lambda m: f"backbone.fpn.output_convs.{int(m[1]) - 2}."),
+                    (r"roi_heads\.box_head\.fc1\.", "roi_heads.box_head.fc6."),
+                    (r"roi_heads\.box_head\.fc2\.", "roi_heads.box_head.fc7."))
+TORCHVISION_NAMES = ((r"backbone\.fpn\.inner_blocks\.(\d)\.(0\.)?", r"backbone.fpn.lateral_convs.\1."),
+                     (r"backbone\.fpn\.layer_blocks\.(\d)\.(0\.)?", r"backbone.fpn.output_convs.\1."),
+                     (r"rpn\.head\.conv\.(0\.0\.)?", "rpn.head.conv."),
+                     (r"rpn\.head\.cls_logits\.", "rpn.head.objectness_logits."),
+                     (r"rpn\.head\.bbox_pred\.", "rpn.head.anchor_deltas."),
+                     (r"roi_heads\.box_head\.", "roi_heads.box_head."))
 
 
-def detectron2_num_classes(weights: WeightFile) -> int:
-    """K, the number of object classes, from the detectron2 classifier's K+1 outputs."""
+def _renamed(key: str, names) -> str | None:
+    for pattern, replacement in names:
+        renamed, count = re.subn(f"^{pattern}", replacement, key)
+        if count:
+            return renamed
+    return None
+
+
+def detector_num_classes(weights: WeightFile) -> int:
+    """K, the number of object classes, from the classifier's K+1 outputs (detectron2's and torchvision's)."""
     key = PREDICTOR_PREFIX + "cls_score.weight"
     if key not in weights.extra:
-        raise UserError(f"{weights.source}: no {key} (a detectron2 backbone, not a trained detector)")
+        raise UserError(f"{weights.source}: no {key} (a backbone, not a trained detector)")
     return weights.extra[key].shape[0] - 1
 
 
-def detectron2_heads_state_dict(weights: WeightFile) -> dict[str, torch.Tensor]:
-    """The RPN and box predictor of a detectron2 file in our detector's keys (background moved first; a
-    class-agnostic box regressor repeated for every class, which predicts the same boxes)."""
-    num_classes = detectron2_num_classes(weights)
+def heads_state_dict(weights: WeightFile) -> dict[str, torch.Tensor]:
+    """Everything of a detectron2 or torchvision Faster R-CNN besides its ResNet, in our detector's keys: FPN,
+    RPN, box head and predictor. The class scores keep background first (detectron2 puts it last); the box
+    regressor has 4 rows per object class (detectron2's class-agnostic one is repeated, which predicts the same
+    boxes; torchvision's rows for the background class are dropped)."""
+    num_classes = detector_num_classes(weights)
+    names = DETECTRON2_NAMES if weights.format == "detectron2" else TORCHVISION_NAMES
     state = {}
     for key, value in weights.extra.items():
-        if key.startswith(RPN_PREFIX):
-            state[RPN_OURS + key.removeprefix(RPN_PREFIX)] = value
-        elif key.startswith(PREDICTOR_PREFIX + "cls_score."):
-            state["roi_heads.predictor." + key.removeprefix(PREDICTOR_PREFIX)] = torch.cat([value[-1:], value[:-1]])
+        if key.startswith(PREDICTOR_PREFIX + "cls_score."):
+            if weights.format == "detectron2":
+                value = torch.cat([value[-1:], value[:-1]])
+            state["roi_heads.predictor." + key.removeprefix(PREDICTOR_PREFIX)] = value
         elif key.startswith(PREDICTOR_PREFIX + "bbox_pred."):
             if value.shape[0] == 4:
                 value = value.repeat(num_classes, *([1] * (value.dim() - 1)))
+            elif value.shape[0] == 4 * (num_classes + 1) and weights.format != "detectron2":
+                value = value[4:]
             if value.shape[0] != 4 * num_classes:
                 raise UserError(f"{weights.source}: {key} has {value.shape[0]} rows; expected 4 per class "
                                 f"({4 * num_classes}) or 4 (class-agnostic)")
             state["roi_heads.predictor." + key.removeprefix(PREDICTOR_PREFIX)] = value
+        elif (ours := _renamed(key, names)) is not None:
+            state[ours] = value
         else:
             raise UserError(f"{weights.source}: unexpected detector key {key!r}")
     return state
@@ -79,7 +107,8 @@ def load_detector_weights(model: FasterRCNN, weights: WeightFile, model_cfg: Any
                             + ": set the same values (or use its recipe)")
         state, scope = weights.state_dict, ("",)
     else:
-        state, scope = detectron2_heads_state_dict(weights), (RPN_OURS, PREDICTOR)
+        state = heads_state_dict(weights)
+        scope = tuple({".".join(k.split(".")[:2]) + "." for k in state})  # the parts the file brings
     expected = {k: v for k, v in model.state_dict().items() if k.startswith(scope)}
     file_classes = state.get(PREDICTOR + "cls_score.weight")
     model_classes = expected[PREDICTOR + "cls_score.weight"]
@@ -105,20 +134,24 @@ def load_detector_weights(model: FasterRCNN, weights: WeightFile, model_cfg: Any
     model.load_state_dict(state, strict=False)
 
 
-def import_detectron2(weights: str | WeightFile, cfg: DictConfig | dict[str, Any],
-                      class_names: list[str] | None = None) -> tuple[FasterRCNN, dict[str, Any]]:
-    """Our Faster R-CNN with the weights of a detectron2 C4 checkpoint (a `.pkl` / `.pth` path, or the file
-    already read), and the detector checkpoint (`detection.build.detector_checkpoint`) that `eval_det.py` /
-    `predict.py` read.
+def import_detector(weights: str | WeightFile, cfg: DictConfig | dict[str, Any],
+                    class_names: list[str] | None = None) -> tuple[FasterRCNN, dict[str, Any]]:
+    """Our Faster R-CNN with the weights of a detectron2 (C4, FPN) or torchvision (`fasterrcnn_resnet50_fpn`)
+    detector (a `.pkl` / `.pth` path, or the file already read), and the detector checkpoint
+    (`detection.build.detector_checkpoint`) that `eval_det.py` / `predict.py` read.
 
-    `cfg` must describe detectron2's model (`configs/detection/detectron2_R50_C4.yaml`); `class_names`
-    default to COCO's 80 or VOC's 20 when the file has that many classes.
+    `cfg` must describe that library's model (`configs/detection/detectron2_R50_C4.yaml`,
+    `detectron2_R50_FPN.yaml`, `torchvision_R50_FPN.yaml`); `class_names` default to COCO's 80 or VOC's 20 when
+    the file has that many classes, and to torchvision's 90 COCO labels (category ids, gaps named "N/A").
     """
     if not isinstance(weights, WeightFile):
-        weights = backbones.read_weights(weights, expect="detectron2")
-    num_classes = detectron2_num_classes(weights)
+        weights = backbones.read_weights(weights)
+    if not weights.extra:
+        raise UserError(f"{weights.source}: a backbone's weights, not a trained detector")
+    num_classes = detector_num_classes(weights)
+    category_ids = None
     if class_names is None:
-        class_names = default_class_names(num_classes, weights.source)
+        class_names, category_ids = default_class_names(num_classes, weights)
     if len(class_names) != num_classes:
         raise UserError(f"{weights.source}: the detector has {num_classes} classes but {len(class_names)} names "
                         "were given")
@@ -127,15 +160,22 @@ def import_detectron2(weights: str | WeightFile, cfg: DictConfig | dict[str, Any
     cfg = to_dict(cfg)
     cfg["model"]["weights"] = None  # the checkpoint carries every weight itself
     model = build_detector(cfg, num_classes, weights)
-    return model.eval(), detector_checkpoint(model, cfg, class_names)
+    return model.eval(), detector_checkpoint(model, cfg, class_names, category_ids)
 
 
-def default_class_names(num_classes: int, source: str) -> list[str]:
+def default_class_names(num_classes: int, weights: WeightFile) -> tuple[list[str], list[int] | None]:
+    """The class names a detector of `num_classes` classes was most likely trained for, and their COCO category
+    ids where the labels are those ids (torchvision's 90)."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
     from detection.data.coco import COCO_CLASSES
     from detection.data.voc import VOC_CLASSES
 
+    torchvision_coco = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"][1:]  # labels 1..90, "N/A" gaps
+    if weights.format == "torchvision" and num_classes == len(torchvision_coco):
+        return list(torchvision_coco), list(range(1, num_classes + 1))
     for names in (COCO_CLASSES, VOC_CLASSES):
         if len(names) == num_classes:
-            return list(names)
-    raise UserError(f"{source}: {num_classes} classes (neither COCO's 80 nor VOC's 20); give their names "
+            return list(names), None
+    raise UserError(f"{weights.source}: {num_classes} classes (neither COCO's 80 nor VOC's 20); give their names "
                     "(--class-names a,b,c or a file with one name per line)")

@@ -140,9 +140,15 @@ def _interval(spec: str) -> tuple[float, float, bool, bool, str]:
 
 
 def check_limits(cfg: DictConfig, limits: Limits, source: str) -> None:
-    """Every value under `limits` lies in its interval (None is "unset" and passes)."""
+    """Every value under `limits` lies in its interval (`"[1, inf)"`), or is one of its choices (`"{a, b}"`);
+    None is "unset" and passes."""
     for key, spec in limits.items():
         value = to_plain(OmegaConf.select(cfg, key))
+        if spec.startswith("{"):
+            choices = [c.strip() for c in spec[1:-1].split(",")]
+            if value is not None and str(value) not in choices:
+                raise UserError(f"{source}: {key} must be one of {', '.join(choices)}, got {value!r}")
+            continue
         low, high, closed_low, closed_high, words = _interval(spec)
         for v in value if isinstance(value, list) else [value]:
             if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):

@@ -37,8 +37,8 @@ def small_cfg(backbone="resnet18", **model):
 
 
 def test_anchors_by_hand():
-    gen = AnchorGenerator(sizes=[32], aspect_ratios=[0.5, 1.0, 2.0], stride=16)
-    anchors = gen(torch.zeros(1, 1, 2, 3))
+    gen = AnchorGenerator(sizes=[32], aspect_ratios=[0.5, 1.0, 2.0], strides=16)
+    (anchors,) = gen(torch.zeros(1, 1, 2, 3))
     assert anchors.shape == (2 * 3 * 3, 4)
     w, h = 32 / math.sqrt(0.5), 32 * math.sqrt(0.5)  # ratio = h / w, area 32^2
     expected_first = torch.tensor([[-w / 2, -h / 2, w / 2, h / 2], [-16, -16, 16, 16], [-h / 2, -w / 2, h / 2, w / 2]])
@@ -86,9 +86,9 @@ def test_sampler_proportions():
 
 
 def test_proposals_are_clipped_nms_filtered_and_ordered_by_objectness():
-    rpn = RegionProposalNetwork(RPNHead(4, 1), AnchorGenerator([16], [1.0], stride=16), nms_thresh=0.7,
+    rpn = RegionProposalNetwork(RPNHead(4, 1), AnchorGenerator([16], [1.0], strides=16), nms_thresh=0.7,
                                 post_nms_topk=(3, 3), min_box_size=0.0).eval()
-    anchors = rpn.anchor_generator(torch.zeros(1, 1, 2, 2))  # centres (0,0) (16,0) (0,16) (16,16)
+    (anchors,) = rpn.anchor_generator(torch.zeros(1, 1, 2, 2))  # centres (0,0) (16,0) (0,16) (16,16)
     logits = torch.tensor([[0.1, 0.9, 0.5, 0.7]])
     props = rpn.find_proposals(anchors, logits, torch.zeros(1, 4, 4), [(20, 20)])
     assert len(props) == 1

@@ -172,8 +172,8 @@ def test_plateau_rule_is_an_improvement_of_a_tenth_of_a_point_and_keys_reach_the
 
 # ----- 6. the paper's detection settings -------------------------------------------------------------------------
 def test_rpn_marks_border_crossing_anchors_ignore_and_never_best():
-    anchors_gen = AnchorGenerator([16], [1.0], stride=16)
-    anchors = anchors_gen(torch.zeros(1, 1, 2, 2))
+    anchors_gen = AnchorGenerator([16], [1.0], strides=16)
+    (anchors,) = anchors_gen(torch.zeros(1, 1, 2, 2))
     gt = {"boxes": torch.tensor([[-6.0, -6.0, 8.0, 8.0]]), "labels": torch.tensor([1])}  # best: the corner anchor
     labels = {}
     for border in (0.0, -1.0):
@@ -188,7 +188,7 @@ def test_rpn_marks_border_crossing_anchors_ignore_and_never_best():
 
 
 def test_proposals_smaller_than_16_pixels_at_the_original_scale_are_dropped():
-    rpn = RegionProposalNetwork(RPNHead(4, 1), AnchorGenerator([16], [1.0], stride=16), post_nms_topk=(10, 10),
+    rpn = RegionProposalNetwork(RPNHead(4, 1), AnchorGenerator([16], [1.0], strides=16), post_nms_topk=(10, 10),
                                 min_box_size=16.0).eval()
     anchors = torch.tensor([[0.0, 0, 10, 10], [20, 20, 33, 33], [40, 40, 49, 49]])  # 10, 13 and 9 px wide
     logits = torch.tensor([[3.0, 2.0, 1.0]])

@@ -179,7 +179,7 @@ def detectron2_detector():
 
 
 def test_a_detectron2_checkpoint_loads_and_reproduces_the_known_detector(tmp_path, detectron2_detector):
-    from detection.weights import import_detectron2
+    from detection.weights import import_detector
 
     detector, cfg = detectron2_detector
     image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))
@@ -192,7 +192,7 @@ def test_a_detectron2_checkpoint_loads_and_reproduces_the_known_detector(tmp_pat
         pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "Detectron2 Model Zoo"}, f)
     torch.save({"model": state, "iteration": 90000}, files["pth"])
     for path in files.values():
-        model, checkpoint = import_detectron2(str(path), cfg, ["a", "b", "c"])
+        model, checkpoint = import_detector(str(path), cfg, ["a", "b", "c"])
         with torch.no_grad():
             got = model([image])[0]
         for key in ("boxes", "scores", "labels"):
@@ -214,9 +214,9 @@ def test_a_detectron2_checkpoint_loads_and_reproduces_the_known_detector(tmp_pat
     wrong = copy.deepcopy(cfg)
     wrong.model.anchor_sizes = [32, 64, 128]
     with pytest.raises(UserError, match="15 anchors per position, the config 9: set model.anchor_sizes"):
-        import_detectron2(str(files["pth"]), wrong, ["a", "b", "c"])
+        import_detector(str(files["pth"]), wrong, ["a", "b", "c"])
     with pytest.raises(UserError, match="3 classes .*give their names"):
-        import_detectron2(str(files["pth"]), cfg)
+        import_detector(str(files["pth"]), cfg)
     with pytest.raises(UserError, match="these are detectron2 weights, not timm; use --from detectron2"):
         backbones.read_weights(files["pkl"], expect="timm")
 

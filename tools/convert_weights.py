@@ -5,13 +5,18 @@
     python tools/convert_weights.py --from torchvision --src resnet50-0676ba61.pth --output r50.safetensors
     python tools/convert_weights.py --from timm --src vgg16.tv_in1k/model.safetensors --output vgg16.pth
     python tools/convert_weights.py --from detectron2 --src model_final_721ade.pkl --output r50_c4.pth \
-        --config configs/detection/detectron2_R50_C4.yaml
+        --config detectron2_R50_C4
+    python tools/convert_weights.py --from detectron2 --src model_final_b275ba.pkl --output r50_fpn.pth \
+        --config detectron2_R50_FPN
+    python tools/convert_weights.py --from torchvision --src fasterrcnn_resnet50_fpn_coco-258fb6c6.pth \
+        --output tv_r50_fpn.pth --config torchvision_R50_FPN
     python tools/convert_weights.py --from ours --src runs/r50/model_final.pth --output r50_tv.pth --to torchvision
 
 Classifier weights: the result says which architecture, options (e.g. `stride_in_1x1` for MSRA weights) and
 input convention (BGR, mean-only for MSRA) they need; `train_det.py --weights` and `eval_cls.py --weights`
-read it (they also take the original files directly). A detectron2 Faster R-CNN C4 checkpoint becomes a
-detector checkpoint for `eval_det.py --checkpoint` and `predict.py`, built from `--config`.
+read it (they also take the original files directly). A trained detectron2 (C4, FPN) or torchvision
+(`fasterrcnn_resnet50_fpn`) detector becomes a detector checkpoint for `eval_det.py --checkpoint` and
+`predict.py`, built from `--config` (the recipe of that library's model).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from detection.data.catalog import parse_class_names
 from detection.train import DEFAULTS as DETECTION_DEFAULTS
 from detection.train import LIMITS as DETECTION_LIMITS
 from detection.train import OPEN_KEYS as DETECTION_OPEN_KEYS
-from detection.weights import import_detectron2
+from detection.weights import import_detector
 from engine.checkpoint import save_checkpoint
 from engine.cli import ToolParser, run_cli
 from engine.config import load_config, parse_key_values
@@ -49,13 +54,14 @@ def convert_detector(args: argparse.Namespace, weights: WeightFile) -> str:
     if args.to != "ours":
         raise UserError(f"{args.src}: a detector converts to our detector checkpoint only (--to ours)")
     if not args.config:
-        raise UserError(f"{args.src}: a detectron2 detector needs --config describing its model "
-                        "(configs/detection/detectron2_R50_C4.yaml or detectron2_R101_C4.yaml)")
+        raise UserError(f"{args.src}: a detector needs --config describing its model (detectron2_R50_C4, "
+                        "detectron2_R101_C4, detectron2_R50_FPN, detectron2_R101_FPN or torchvision_R50_FPN)")
     cfg = load_config(DETECTION_DEFAULTS, args.config, args.overrides, open_keys=DETECTION_OPEN_KEYS,
                       limits=DETECTION_LIMITS)
-    _, checkpoint = import_detectron2(weights, cfg, parse_class_names(args.class_names))
+    _, checkpoint = import_detector(weights, cfg, parse_class_names(args.class_names))
     out = save_checkpoint(checkpoint, Path(args.output))
-    return f"Faster R-CNN {cfg.model.backbone} C4, {len(checkpoint['class_names'])} classes -> {out}"
+    return (f"Faster R-CNN {cfg.model.backbone} {cfg.model.head.upper()}, {len(checkpoint['class_names'])} classes -> "
+            f"{out}")
 
 
 def convert_classifier(args: argparse.Namespace, weights: WeightFile) -> str:
@@ -96,14 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="builder option the weights need and the file does not record (e.g. width=32)")
     parser.add_argument("--to", choices=["ours", "torchvision"], default="ours",
                         help="torchvision: write a bare state dict that torchvision.models.* load strictly")
-    parser.add_argument("--config", help="detectron2 detectors: the detection recipe of its model (a file, or a "
+    parser.add_argument("--config", help="detectors: the detection recipe of its model (a file, or a "
                         "shipped name: detectron2_R50_C4, detectron2_R101_C4)")
-    parser.add_argument("--class-names", help="detectron2 detectors: a,b,c or a file (default: COCO / VOC by count)")
+    parser.add_argument("--class-names", help="detectors: a,b,c or a file (default: COCO / VOC by count)")
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="detection config overrides")
     args = parser.parse_intermixed_args(argv)
     weights = backbones.read_weights(args.src, expect=args.source)
-    if weights.format == "detectron2" and weights.extra:
+    if weights.extra:  # a whole detector (detectron2's, torchvision's)
         log.info(convert_detector(args, weights))
     else:
         log.info(convert_classifier(args, weights))
