@@ -44,7 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {"dataset": "shapes", "root": None, "train_split": None, "val_split": None, "train_ann": None,
              "train_images": None, "val_ann": None, "val_images": None, "classes": None,
              "ignore_unknown_classes": False, "workers": 2, "flip_prob": 0.5, "photometric": False,
-             "keep_empty": False},
+             "keep_empty": False, "aspect_ratio_grouping": False},
     "solver": {"ims_per_batch": 2, "accumulate": 1, "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0005,
                "max_iter": 80000, "steps": [60000], "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.001,
                "warmup_method": "linear", "clip_grad_norm": 0.0},
@@ -131,9 +131,10 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
     metrics_names = list(cfg.test.metrics or default_metrics(cfg.data.dataset))
 
     def make_batches(start_iter: int):
+        groups = [int(r.width > r.height) for r in train_set.records] if cfg.data.aspect_ratio_grouping else None
         sampler = GlobalBatchSampler(len(train_set), solver.ims_per_batch, accumulate=solver.accumulate,
                                      rank=dist.rank, world_size=dist.world_size, seed=cfg.train.seed,
-                                     start_iter=start_iter)
+                                     start_iter=start_iter, groups=groups)
         return iter(DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=cfg.data.workers,
                                collate_fn=collate_detection, persistent_workers=cfg.data.workers > 0,
                                pin_memory=dist.device.type == "cuda",

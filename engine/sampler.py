@@ -11,7 +11,7 @@ restarts, and resuming at iteration t reproduces the uninterrupted run exactly.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -27,10 +27,17 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Endless micro-batches of `(sample seed, dataset index)` for this rank, from iteration `start_iter` on."""
+    """Endless micro-batches of `(sample seed, dataset index)` for this rank, from iteration `start_iter` on.
+
+    With `groups` (a group id per sample, e.g. landscape / portrait images) every global batch is drawn from
+    one group (detectron2's aspect-ratio grouping: less padding in a batch). The epoch's batches are then the
+    consecutive runs of each group in the epoch's permutation, in an order shuffled by the same seed: still a
+    function of (seed, epoch), so resuming and splitting over processes stay exact.
+    """
 
     def __init__(self, size: int, global_batch: int, *, accumulate: int = 1, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, start_iter: int = 0, shuffle: bool = True) -> None:
+                 seed: int = 0, start_iter: int = 0, shuffle: bool = True,
+                 groups: Sequence[int] | None = None) -> None:
         parts = world_size * accumulate
         if global_batch % parts:
             raise UserError(f"batch size {global_batch} is not divisible by processes x accumulation steps "
@@ -40,21 +47,42 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
         self.size, self.global_batch, self.accumulate = size, global_batch, accumulate
         self.rank, self.seed, self.start_iter, self.shuffle = rank, seed, start_iter, shuffle
         self.micro_batch = global_batch // parts
-        self.iters_per_epoch = size // global_batch
+        self.groups = None if groups is None else torch.as_tensor(list(groups), dtype=torch.int64)
+        if self.groups is None:
+            self.iters_per_epoch = size // global_batch
+        else:
+            if len(self.groups) != size:
+                raise ValueError(f"{len(self.groups)} group ids for {size} samples")
+            self.iters_per_epoch = int(sum(int(n) // global_batch for n in torch.bincount(self.groups)))
+            if self.iters_per_epoch == 0:
+                raise UserError(f"no aspect-ratio group has {global_batch} images for one batch; set "
+                                "data.aspect_ratio_grouping=false")
+
+    def _epoch(self, epoch: int) -> list[torch.Tensor]:
+        """The epoch's global batches of dataset indices, in order."""
+        g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+        order = torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)
+        if self.groups is None:
+            return list(order[: self.iters_per_epoch * self.global_batch].split(self.global_batch))
+        batches = []
+        for group in torch.unique(self.groups):
+            members = order[self.groups[order] == group]
+            full = len(members) // self.global_batch * self.global_batch
+            batches += list(members[:full].split(self.global_batch))
+        shuffled = torch.randperm(len(batches), generator=g) if self.shuffle else torch.arange(len(batches))
+        return [batches[int(i)] for i in shuffled]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         iteration = self.start_iter
-        epoch, order = -1, None
+        epoch, batches = -1, []
         while True:
             if iteration // self.iters_per_epoch != epoch:
                 epoch = iteration // self.iters_per_epoch
-                g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-                order = torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)
-            base = (iteration % self.iters_per_epoch) * self.global_batch
+                batches = self._epoch(epoch)
+            batch = batches[iteration % self.iters_per_epoch]
             for m in range(self.accumulate):
-                start = base + (self.rank * self.accumulate + m) * self.micro_batch
-                yield [(sample_seed(self.seed, epoch, int(i)), int(i))
-                       for i in order[start:start + self.micro_batch]]
+                start = (self.rank * self.accumulate + m) * self.micro_batch
+                yield [(sample_seed(self.seed, epoch, int(i)), int(i)) for i in batch[start:start + self.micro_batch]]
             iteration += 1
 
 

@@ -3,12 +3,13 @@
 
 1. `make_shapes.py`: the synthetic shapes detection set, and an ImageNet-layout set of its object crops.
 2. `train_cls.py`: a half-width ResNet-18 on the crops (the stand-in for ImageNet pre-training).
-3. `train_det.py`: a ResNet-18 C4 Faster R-CNN on the shapes set, initialised from that classifier.
+3. `train_det.py`: a ResNet-18 C4 Faster R-CNN on the shapes set (`--head fpn`: with a feature pyramid),
+   initialised from that classifier.
 4. `eval_det.py`: the detector under the COCO and VOC07 metrics.
 5. (`--compare-scratch`) the same detector trained from scratch, to show what pre-training bought.
 6. `REPORT.md` with the metrics table and the pictures, under the output folder.
 
-    python tools/demo.py [--output runs/demo] [--det-iters 1200] [--compare-scratch]
+    python tools/demo.py [--output runs/demo] [--seed 0] [--det-iters 1200] [--compare-scratch] [--head fpn]
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cls-iters", type=positive_int, default=300)
     parser.add_argument("--det-iters", type=positive_int, default=1200)
     parser.add_argument("--compare-scratch", action="store_true", help="also train the detector from scratch")
+    parser.add_argument("--head", choices=["c4", "fpn"], default="c4",
+                        help="the paper's C4 detector (default) or one with a feature pyramid")
     parser.add_argument("--workers", type=non_negative_int, default=2)
     parser.add_argument("--small", action="store_true", help="tiny networks and images (a smoke test, seconds)")
     parser.add_argument("--device", default="auto", help="where the classifier and detectors train and run")
@@ -106,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sides = ["--min-side", "96", "--max-side", "128"] if args.small else []
     cls_small = ["model.options.width=8", "solver.batch_size=16"] if args.small else []
     det_small = ["model.backbone_options.width=8", "model.min_size=[96]", "model.max_size=160",
-                 "solver.ims_per_batch=2", "model.roi.batch_size_per_image=16"] if args.small else []
+                 "solver.ims_per_batch=2", "model.roi.batch_size_per_image=16", "model.fpn.out_channels=16",
+                 "model.roi.fc_dim=32"] if args.small else []
     step("data", make_shapes, ["--output", str(shapes), "--num-train", str(args.num_train), "--num-val",
                                str(args.num_val), "--crops", str(crops), "--seed", str(args.seed), *sides], timings)
     step("classifier", train_cls, ["--config", "demo/shapes_crops_resnet18", "--data", str(crops),
@@ -114,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    f"solver.steps=[{args.cls_iters * 2 // 3},{args.cls_iters * 9 // 10}]", *common,
                                    *cls_small],
          timings)
-    det_args = ["--config", "demo/shapes_resnet18_C4", "--data", str(shapes), "--max-iter",
+    det_args = ["--config", f"demo/shapes_resnet18_{args.head.upper()}", "--data", str(shapes), "--max-iter",
                 str(args.det_iters), f"solver.steps=[{args.det_iters * 4 // 5}]",
                 f"train.eval_period={max(1, args.det_iters // 3)}", *common, *det_small]
     step("detector", train_det, [*det_args, "--weights", str(out / "classifier" / "model_final.pth"), "--output",
