@@ -1,58 +1,72 @@
-"""Our ResNet-50 C4 Faster R-CNN beside torchvision's fasterrcnn_resnet50_fpn (random weights, the same
-image, one process): inference ms/img, one SGD training step, and peak memory.
+"""Our detectors against torchvision's on identical work, and our FPN against our C4.
 
-Both resize to shorter side 600 (max 1000). They are different designs (C4: res5 per region on 300 test /
-128 training RoIs; FPN: 4 levels, 1000 test / 512 training RoIs), so the ratio says what our recipe costs
-against the detector people reach for, not that one implementation of the same network is faster.
-Peak memory: CUDA's max_memory_allocated on a GPU; on the CPU (Linux), the peak resident set (VmHWM) of a
-fresh process per model, after building it, after inference and after a training step.
+1. R50-FPN: torchvision's `fasterrcnn_resnet50_fpn` as its published weights run it (frozen BN with epsilon 0,
+   res2 and the stem frozen), seeded; the same weights converted to ours with `configs/detection/
+   torchvision_R50_FPN.yaml` (which gives its detections to the bit). Inference on one image and one SGD training
+   step, interleaved, CPU time and wall time: the ratio is torchvision's time over ours (> 1: ours is faster).
+2. Our R50-FPN (that recipe) against our R50-C4 (`detectron2_R50_C4.yaml` settings) on the same image.
 
-    python -m benchmarks.bench_detector [--device cuda] [--backbone resnet101] [--min-size 800] [--amp bf16]
+    python -m benchmarks.bench_detector [--device cuda] [--min-size 800] [--amp bf16] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
-import multiprocessing as mp
+import tempfile
+from pathlib import Path
 
 import torch
-import torchvision
+from torchvision.models import resnet50
+from torchvision.models.detection._utils import overwrite_eps
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFasterRCNN
+from torchvision.ops.misc import FrozenBatchNorm2d
 
-from benchmarks.common import interleaved_medians, machine_line
-from detection.build import MODEL_DEFAULTS, build_detector
-
-
-def make_models(args: argparse.Namespace, device: torch.device):
-    cfg = {"model": copy.deepcopy(MODEL_DEFAULTS)}
-    cfg["model"].update(backbone=args.backbone, min_size=[args.min_size], max_size=args.max_size)
-    ours = build_detector(cfg, num_classes=80).to(device)
-    theirs = torchvision.models.detection.fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=81, min_size=args.min_size,
-        max_size=args.max_size).to(device)  # without weights torchvision trains every layer with plain BN
-    return {"ours": ours, "torchvision": theirs}
+from benchmarks.common import interleaved_times, machine_line
+from detection.train import DEFAULTS, LIMITS, OPEN_KEYS
+from detection.weights import import_detector
+from engine.config import load_config
+from engine.precision import autocast
 
 
-def inputs(args: argparse.Namespace, device: torch.device):
-    g = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 480, 640, generator=g).to(device) for _ in range(args.batch)]
-    targets = [{"boxes": torch.tensor([[50.0, 60.0, 250.0, 300.0], [300.0, 100.0, 600.0, 420.0]], device=device),
-                "labels": torch.tensor([3, 17], device=device)} for _ in range(args.batch)]
-    return images, targets
+def torchvision_fpn(size: list[str]) -> torch.nn.Module:
+    """torchvision's fasterrcnn_resnet50_fpn as built for its published weights, seeded random weights."""
+    torch.manual_seed(0)
+    body = resnet50(norm_layer=FrozenBatchNorm2d)
+    model = TorchvisionFasterRCNN(_resnet_fpn_extractor(body, 3), num_classes=91, min_size=int(size[0]),
+                                  max_size=int(size[1]))
+    overwrite_eps(model, 0.0)
+    return model
 
 
-def step_fns(models, images, targets, amp: str, device: torch.device):
-    dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+def ours_from(model: torch.nn.Module, recipe: str, size: list[str]) -> torch.nn.Module:
+    path = Path(tempfile.mkdtemp()) / "weights.pth"
+    torch.save(model.state_dict(), path)
+    cfg = load_config(DEFAULTS, recipe, [f"model.min_size=[{size[0]}]", f"model.test_min_size={size[0]}",
+                                         f"model.max_size={size[1]}"], open_keys=OPEN_KEYS, limits=LIMITS)
+    return import_detector(str(path), cfg)[0]
+
+
+def c4_model(size: list[str]) -> torch.nn.Module:
+    from detection.build import build_detector
+
+    cfg = load_config(DEFAULTS, "detectron2_R50_C4", [f"model.min_size=[{size[0]}]", f"model.test_min_size={size[0]}",
+                                                      f"model.max_size={size[1]}"], open_keys=OPEN_KEYS, limits=LIMITS)
+    torch.manual_seed(0)
+    return build_detector(cfg, 80)
+
+
+def step_fns(models: dict[str, torch.nn.Module], images, targets, amp: str, device: torch.device):
     fns = {}
     for name, model in models.items():
-        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
 
         def infer(model=model):
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            with torch.inference_mode(), autocast(device, amp):
                 model.eval()(images)
 
         def train(model=model, opt=opt):
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            with autocast(device, amp):
                 loss = sum(model.train()(images, targets).values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -62,64 +76,43 @@ def step_fns(models, images, targets, amp: str, device: torch.device):
     return fns
 
 
-def _peak_rss_mib() -> float:
-    with open("/proc/self/status", encoding="ascii") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-
-
-def _cpu_peaks(args: argparse.Namespace, name: str, queue) -> None:
-    """In a fresh process: peak RSS once the model is built, after inference, after a training step."""
-    device = torch.device("cpu")
-    model = make_models(args, device)[name]
-    images, targets = inputs(args, device)
-    infer, train = step_fns({name: model}, images, targets, "none", device)[name]
-    built = _peak_rss_mib()
-    infer()
-    after_infer = _peak_rss_mib()
-    train()
-    queue.put((built, after_infer, _peak_rss_mib()))
+def report(title: str, fns, reference: str, device: torch.device, repeats: int, batch: int) -> None:
+    print(title)
+    for mode, index in (("inference", 0), ("train step", 1)):
+        t = interleaved_times({n: f[index] for n, f in fns.items()}, device, repeats, warmup=1)
+        shown = "  ".join(f"{n} {1000 * v['wall'] / batch:7.1f} ms/img (cpu {1000 * v['cpu'] / batch:7.1f})"
+                          for n, v in t.items())
+        others = [n for n in t if n != reference]
+        ratio = "  ".join(f"{reference}/{n}: wall {t[reference]['wall'] / t[n]['wall']:.2f}, cpu "
+                          f"{t[reference]['cpu'] / t[n]['cpu']:.2f}" for n in others)
+        print(f"  {mode:>10}: {shown}   ratio {ratio}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="resnet50")
-    parser.add_argument("--min-size", type=int, default=600)
-    parser.add_argument("--max-size", type=int, default=1000)
+    parser.add_argument("--min-size", type=int, default=800)
+    parser.add_argument("--max-size", type=int, default=1333)
     parser.add_argument("--batch", type=int, default=1, help="images per step")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"{args.backbone} C4 vs torchvision R50-FPN, {args.batch} x 640x480 -> shorter side {args.min_size}, "
-          f"amp={args.amp}, {machine_line(device)}")
-    torch.manual_seed(0)
-    models = make_models(args, device)
-    images, targets = inputs(args, device)
-    fns = step_fns(models, images, targets, args.amp, device)
-    for mode, index in (("inference", 0), ("train step", 1)):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        t = interleaved_medians({n: f[index] for n, f in fns.items()}, device, args.repeats, warmup=1)
-        print(f"{mode:>10}: ours {1000 * t['ours'] / args.batch:8.1f} ms/img  torchvision "
-              f"{1000 * t['torchvision'] / args.batch:8.1f} ms/img  speed ratio {t['torchvision'] / t['ours']:.2f}")
-    for name, (infer, train) in fns.items():
-        if device.type == "cuda":
-            peaks = []
-            for fn in (infer, train):
-                torch.cuda.reset_peak_memory_stats(device)
-                fn()
-                peaks.append(torch.cuda.max_memory_allocated(device) / 2**20)
-            print(f"peak GPU memory allocated, {name}: inference {peaks[0]:.0f} MiB, train step {peaks[1]:.0f} MiB")
-        else:
-            ctx = mp.get_context("spawn")
-            queue = ctx.Queue()
-            child = ctx.Process(target=_cpu_peaks, args=(args, name, queue))
-            child.start()
-            built, after_infer, after_train = queue.get()
-            child.join()
-            print(f"peak RSS of a fresh process, {name}: model built {built:.0f} MiB, after inference "
-                  f"{after_infer:.0f} MiB, after a train step {after_train:.0f} MiB")
+    size = [str(args.min_size), str(args.max_size)]
+    print(f"{args.batch} x 1067x800 image(s) -> shorter side {args.min_size}, amp={args.amp}, {machine_line(device)}")
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 800, 1067, generator=g).to(device) for _ in range(args.batch)]
+    targets = [{"boxes": torch.tensor([[50.0, 60.0, 450.0, 500.0], [500.0, 100.0, 1000.0, 700.0]], device=device),
+                "labels": torch.tensor([3, 17], device=device)} for _ in range(args.batch)]
+    theirs = torchvision_fpn(size)
+    ours = ours_from(theirs, "torchvision_R50_FPN", size)
+    models = {"torchvision": theirs.to(device), "ours": ours.to(device)}
+    report("R50-FPN, identical weights and settings (torchvision_R50_FPN.yaml):",
+           step_fns(models, images, targets, args.amp, device), "torchvision", device, args.repeats, args.batch)
+    del models["torchvision"]
+    models["ours C4"] = c4_model(size).to(device)
+    report("ours R50-FPN vs ours R50-C4 (detectron2 settings, random weights):",
+           step_fns(models, images, targets, args.amp, device), "ours C4", device, args.repeats, args.batch)
 
 
 if __name__ == "__main__":

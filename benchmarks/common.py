@@ -14,22 +14,30 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int,
-                        warmup: int = 2) -> dict[str, float]:
-    """Median seconds per call of each function, alternating between them so drift hits all alike."""
+def interleaved_times(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                      warmup: int = 2) -> dict[str, dict[str, float]]:
+    """Median wall-clock and process CPU seconds per call of each function (`{name: {"wall", "cpu"}}`),
+    alternating between them so that drift hits all alike."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
         sync(device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    times: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             sync(device)
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             fn()
             sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+            times[name]["cpu"].append(time.process_time() - cpu)
+            times[name]["wall"].append(time.perf_counter() - wall)
+    return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int,
+                        warmup: int = 2) -> dict[str, float]:
+    """Median wall-clock seconds per call of each function, alternating between them."""
+    return {name: t["wall"] for name, t in interleaved_times(fns, device, repeats, warmup).items()}
 
 
 def machine_line(device: torch.device) -> str:
