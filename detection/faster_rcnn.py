@@ -4,8 +4,6 @@ original coordinates otherwise)."""
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
@@ -22,25 +20,10 @@ class FasterRCNN(nn.Module):
         super().__init__()
         self.backbone, self.rpn, self.roi_heads, self.transform = backbone, rpn, roi_heads, transform
         self.rpn_features, self.roi_features = list(rpn_features), list(roi_features)
-        self.dropped_degenerate = 0
-
-    def _drop_degenerate(self, targets: list[dict]) -> list[dict]:
-        cleaned = []
-        for t in targets:
-            boxes = t["boxes"].reshape(-1, 4)
-            ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & torch.isfinite(boxes).all(1)
-            if not ok.all():
-                self.dropped_degenerate += int((~ok).sum())
-                warnings.warn(f"dropped {int((~ok).sum())} degenerate target boxes (image {t.get('image_id')}; "
-                              f"{self.dropped_degenerate} so far)", stacklevel=3)
-            cleaned.append({**t, "boxes": boxes[ok], "labels": t["labels"].reshape(-1)[ok]})
-        return cleaned
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            targets = self._drop_degenerate(targets)
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode")
         original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]  # no int(): symbolic when exporting
         image_list, targets = self.transform(images, targets)
         features = self.backbone(image_list.tensors)

@@ -2,7 +2,6 @@
 
 import copy
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -78,11 +77,17 @@ def test_matcher_thresholds_and_low_quality_matches():
 
 def test_sampler_proportions():
     labels = torch.tensor([1] * 100 + [0] * 1000 + [-1] * 50)
-    pos, neg = sample_labels(labels, 256, 0.25)
-    assert len(pos) == 64 and len(neg) == 192 and (labels[pos] == 1).all() and (labels[neg] == 0).all()
-    pos, neg = sample_labels(torch.tensor([2] * 10 + [0] * 1000), 256, 0.5)
-    assert len(pos) == 10 and len(neg) == 246  # too few positives: negatives fill the batch
-    assert len(torch.unique(neg)) == len(neg)
+    idx, valid = sample_labels(labels, 256, 0.25)
+    assert len(idx) == 256 and valid.all() and len(torch.unique(idx)) == 256
+    assert (labels[idx] == 1).sum() == 64 and (labels[idx] == 0).sum() == 192  # 25% foreground, the rest background
+    labels = torch.tensor([2] * 10 + [0] * 1000)
+    idx, valid = sample_labels(labels, 256, 0.5)
+    assert (labels[idx] == 2).sum() == 10 and (labels[idx] == 0).sum() == 246  # too few positives: negatives fill
+    labels = torch.tensor([1] * 3 + [0] * 5 + [-1] * 100)  # too few candidates: the rest is marked invalid
+    idx, valid = sample_labels(labels, 64, 0.25)
+    assert len(idx) == 64 and valid.sum() == 8 and (labels[idx[valid]] >= 0).all() and (labels[idx[~valid]] < 0).all()
+    draws = torch.stack([sample_labels(torch.tensor([1] * 4 + [0] * 4), 2, 0.5)[0] for _ in range(200)])
+    assert set(draws[:, 0].tolist()) == {0, 1, 2, 3}  # each positive is picked at random
 
 
 def test_proposals_are_clipped_nms_filtered_and_ordered_by_objectness():
@@ -164,15 +169,23 @@ def test_frozen_parts_get_no_gradient_and_frozen_bn_statistics_stay():
     assert not torch.equal(before["backbone.stages.res3.0.conv1.weight"], after["backbone.stages.res3.0.conv1.weight"])
 
 
-def test_degenerate_target_boxes_are_dropped_with_a_count():
+def test_degenerate_and_non_finite_target_boxes_overlap_nothing_and_losses_stay_finite():
+    """A box without area (or with NaN coordinates) matches no anchor and no proposal, itself included (its IoU
+    0 / 0 counts as 0): it teaches nothing and breaks nothing, and no host sync was spent finding it."""
     model = build_detector(small_cfg(), num_classes=2).train()
     images, targets = _images_and_targets()
-    targets[0]["boxes"] = torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 30.0, 30.0, 50.0]])  # zero width
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        losses = model(images, targets)
-    assert model.dropped_degenerate == 1 and any("dropped 1 degenerate" in str(w.message) for w in caught)
-    assert torch.isfinite(sum(losses.values()))
+    good = targets[0]["boxes"][:1]
+    targets[0]["boxes"] = torch.cat([good, torch.tensor([[30.0, 30.0, 30.0, 50.0], [float("nan"), 1, 2, 3]])])
+    targets[0]["labels"] = torch.tensor([1, 2, 2])
+    torch.manual_seed(0)
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    proposals = [torch.tensor([[30.0, 30.0, 30.0, 50.0], [10.0, 12.0, 60.0, 70.0]])]
+    _, labels, _ = model.roi_heads.sample(proposals, [{"boxes": torch.tensor([[30.0, 30.0, 30.0, 50.0]]),
+                                                       "labels": torch.tensor([1])}])
+    assert (labels <= 0).all()  # the degenerate box is nobody's foreground, not even its own copy's
 
 
 def test_initialisation_from_classifier_weights_and_clear_mismatches(tmp_path):

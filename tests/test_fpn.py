@@ -167,7 +167,7 @@ def test_a_detectron2_fpn_checkpoint_gives_the_detector_it_was_written_from(tmp_
     assert len(expected["boxes"]) > 10
     path = tmp_path / "model_final.pth"
     torch.save({"model": detectron2_fpn_state_dict(detector)}, path)
-    model, checkpoint = import_detector(str(path), cfg, ["a", "b", "c"])
+    model, _ = import_detector(str(path), cfg, ["a", "b", "c"])
     with torch.no_grad():
         got = model([image])[0]
     for key in ("boxes", "scores", "labels"):
