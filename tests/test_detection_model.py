@@ -11,11 +11,13 @@ from torch import nn
 
 import backbones
 from backbones import FrozenBatchNorm2d
+from backbones.layers import calibrate_frozen_batchnorm, fold_conv_batchnorm
 from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
 from detection.build import MODEL_DEFAULTS, build_detector, detector_checkpoint, load_detector
 from detection.data.common import GroundTruth
 from detection.evaluation import voc_evaluate
+from detection.faster_rcnn import inference_copy
 from detection.matcher import Matcher
 from detection.rpn import RegionProposalNetwork, RPNHead
 from detection.sampler import sample_labels
@@ -253,3 +255,38 @@ def test_a_tiny_detector_overfits_two_shapes_images(tmp_path):
             if ap == 100.0:
                 break
     assert ap == 100.0, f"AP@0.5 {ap:.1f} after {iteration} iterations"
+
+
+def test_folding_a_frozen_bn_into_its_convolution_by_hand():
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    conv.weight.data = torch.tensor([[[[2.0]]], [[[-1.0]]]])
+    bn = FrozenBatchNorm2d(2, eps=0.0)
+    bn.weight.copy_(torch.tensor([3.0, 0.5]))
+    bn.bias.copy_(torch.tensor([1.0, -2.0]))
+    bn.running_mean.copy_(torch.tensor([4.0, 1.0]))
+    bn.running_var.copy_(torch.tensor([4.0, 0.25]))
+    folded = fold_conv_batchnorm(conv, bn)
+    # channel 0: 3 * (2x - 4) / 2 + 1 = 3x - 5; channel 1: 0.5 * (-x - 1) / 0.5 - 2 = -x - 3
+    assert folded.weight.flatten().tolist() == [3.0, -1.0] and folded.bias.tolist() == [-5.0, -3.0]
+    x = torch.tensor([[[[1.0, -2.0]]]])
+    assert folded(x).flatten().tolist() == [-2.0, -11.0, -4.0, -1.0]
+
+
+@pytest.mark.parametrize("backbone,head", [("resnet18", "c4"), ("resnet50", "c4"), ("resnet18", "fpn")])
+def test_the_inference_copy_detects_what_the_model_detects(backbone, head):
+    sizes = [16, 32, 64] if head == "c4" else [8, 16, 32, 64, 128]
+    model = build_detector(small_cfg(backbone, head=head, anchor_sizes=sizes), num_classes=3).eval()
+    image = torch.rand(3, 80, 120, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        calibrate_frozen_batchnorm(model, lambda: model([image]))
+        expected = model([image])[0]
+    fast = inference_copy(model)
+    with torch.inference_mode():
+        got = fast([image])[0]
+    frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen and not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())  # all folded
+    assert len(expected["boxes"]) > 5 and got["labels"].tolist() == expected["labels"].tolist()
+    torch.testing.assert_close(got["boxes"], expected["boxes"], rtol=0, atol=1e-3)
+    torch.testing.assert_close(got["scores"], expected["scores"], rtol=0, atol=1e-5)
+    assert model.state_dict().keys() == build_detector(small_cfg(backbone, head=head, anchor_sizes=sizes),
+                                                       3).state_dict().keys()  # the original keeps its BN
