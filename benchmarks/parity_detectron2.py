@@ -1,4 +1,4 @@
-"""Parity with detectron2: the same Faster R-CNN C4 weights give the same detections in detectron2 and here.
+"""Parity with detectron2: the same Faster R-CNN weights (C4 or FPN) give the same detections in detectron2 and here.
 
 Needs detectron2's Python source and its pure-Python dependencies on PYTHONPATH (it runs on CPU without
 its compiled extension); nothing of detectron2 is part of this project:
@@ -13,7 +13,7 @@ frozen BN gets a random affine map and is calibrated to normalise its input on t
 written as a detectron2 model-zoo `.pkl`, imported with `detection.weights.import_detector`, and both
 detectors run on the image resized (as detectron2's `ResizeShortestEdge` does, with PIL) to the test size,
 so that no resampling difference enters. Prints the largest box and score differences over the kept
-detections.
+detections, for our detector as imported and for its inference copy (frozen BN folded, channels last).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,33 +29,36 @@ import torch
 from PIL import Image
 
 from backbones.layers import calibrate_frozen_batchnorm
+from detection.faster_rcnn import inference_copy
 from detection.train import DEFAULTS, LIMITS, OPEN_KEYS
 from detection.weights import import_detector
 from engine.config import load_config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--d2-config", required=True, help="detectron2 yaml (configs/COCO-Detection/..._C4_...)")
-    parser.add_argument("--config", required=True, help="our recipe for the same model")
-    parser.add_argument("--image", required=True)
-    parser.add_argument("--weights", help="a detectron2 checkpoint (default: calibrated random weights)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+@dataclass
+class Pair:
+    """detectron2's model and ours with the same weights, and the same resized image for each."""
 
+    d2_model: torch.nn.Module
+    d2_input: list[dict]
+    ours: torch.nn.Module
+    image: torch.Tensor  # (3, H, W) RGB in 0..1, already at the test size
+    size: tuple[int, int]  # (width, height)
+
+
+def make_pair(d2_config: str, config: str, image_path: str, weights: str | None = None, seed: int = 0) -> Pair:
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.config import get_cfg
     from detectron2.layers import FrozenBatchNorm2d
     from detectron2.modeling import build_model
 
-    torch.set_grad_enabled(False)
     d2_cfg = get_cfg()
-    d2_cfg.merge_from_file(args.d2_config)
+    d2_cfg.merge_from_file(d2_config)
     d2_cfg.MODEL.DEVICE = "cpu"
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     d2_model = build_model(d2_cfg).eval()
 
-    image = Image.open(args.image).convert("RGB")
+    image = Image.open(image_path).convert("RGB")
     w, h = image.size
     size, max_size = d2_cfg.INPUT.MIN_SIZE_TEST, d2_cfg.INPUT.MAX_SIZE_TEST
     scale = min(size / min(h, w), max_size / max(h, w))
@@ -63,11 +67,10 @@ def main() -> None:
     bgr = torch.from_numpy(rgb[:, :, ::-1].copy()).permute(2, 0, 1)
     d2_input = [{"image": bgr, "height": new_h, "width": new_w}]
 
-    if args.weights:
-        DetectionCheckpointer(d2_model).load(args.weights)
-        weights_path = args.weights
+    if weights:
+        DetectionCheckpointer(d2_model).load(weights)
     else:
-        g = torch.Generator().manual_seed(args.seed + 1)
+        g = torch.Generator().manual_seed(seed + 1)
         for name, p in d2_model.named_parameters():
             if "box_predictor.cls_score.weight" in name:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.02)
@@ -78,24 +81,39 @@ def main() -> None:
                 module.weight.copy_(torch.rand(module.num_features, generator=g) * 0.5 + 0.5)
                 module.bias.copy_(torch.randn(module.num_features, generator=g) * 0.1)
         calibrate_frozen_batchnorm(d2_model, lambda: d2_model(d2_input), bn_types=(FrozenBatchNorm2d,))
-        weights_path = str(Path(tempfile.mkdtemp()) / "model_final.pkl")
-        with open(weights_path, "wb") as f:
+        weights = str(Path(tempfile.mkdtemp()) / "model_final.pkl")
+        with open(weights, "wb") as f:
             pickle.dump({"model": {k: v.numpy() for k, v in d2_model.state_dict().items()},
                          "__author__": "parity check"}, f)
+    cfg = load_config(DEFAULTS, config, [], open_keys=OPEN_KEYS, limits=LIMITS)
+    ours, _ = import_detector(weights, cfg)
+    return Pair(d2_model, d2_input, ours, torch.from_numpy(rgb / 255.0).permute(2, 0, 1).float(), (new_w, new_h))
 
-    expected = d2_model(d2_input)[0]["instances"]
-    cfg = load_config(DEFAULTS, args.config, [], open_keys=OPEN_KEYS, limits=LIMITS)
-    ours, _ = import_detector(weights_path, cfg)
-    got = ours([torch.from_numpy(rgb / 255.0).permute(2, 0, 1).float()])[0]
 
+def compare(expected, got: dict[str, torch.Tensor]) -> str:
     n_d2, n_ours = len(expected), len(got["boxes"])
-    print(f"image {args.image} at {new_w}x{new_h}; detectron2 kept {n_d2}, ours {n_ours}")
     n = min(n_d2, n_ours)
     box_diff = (expected.pred_boxes.tensor[:n] - got["boxes"][:n]).abs().max().item() if n else 0.0
     score_diff = (expected.scores[:n] - got["scores"][:n]).abs().max().item() if n else 0.0
     labels_equal = bool(torch.equal(expected.pred_classes[:n] + 1, got["labels"][:n]))
-    print(f"max |box diff| {box_diff:.2e} px, max |score diff| {score_diff:.2e}, labels equal: {labels_equal}, "
-          f"top scores {expected.scores[:3].tolist()}")
+    return (f"detectron2 kept {n_d2}, ours {n_ours}; max |box diff| {box_diff:.2e} px, max |score diff| "
+            f"{score_diff:.2e}, labels equal: {labels_equal}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--d2-config", required=True, help="detectron2 yaml (configs/COCO-Detection/...)")
+    parser.add_argument("--config", required=True, help="our recipe for the same model")
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--weights", help="a detectron2 checkpoint (default: calibrated random weights)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    pair = make_pair(args.d2_config, args.config, args.image, args.weights, args.seed)
+    expected = pair.d2_model(pair.d2_input)[0]["instances"]
+    print(f"image {args.image} at {pair.size[0]}x{pair.size[1]}; top scores {expected.scores[:3].tolist()}")
+    print(f"as imported:     {compare(expected, pair.ours([pair.image])[0])}")
+    print(f"inference copy:  {compare(expected, inference_copy(pair.ours)([pair.image])[0])}")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ from engine.images import IMAGE_EXTENSIONS, load_rgb
 
 
 class ImageFolder(Dataset):
-    """`root/<class>/<image>` with classes in sorted folder order (as torchvision's ImageFolder)."""
+    """`root/<class>/<image>` with classes in sorted folder order (as torchvision's ImageFolder).
+    `decode_min_side`: the transform needs no more than this shorter side (see `engine.images.load_rgb`)."""
 
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, skip_bad: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None, skip_bad: bool = False,
+                 decode_min_side: int | None = None) -> None:
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"{root}: dataset split folder not found")
@@ -38,7 +40,7 @@ class ImageFolder(Dataset):
             if not files:
                 raise UserError(f"{root / name}: class folder has no images")
             self.samples += [(str(f), label) for f in files]
-        self.transform, self.skip_bad = transform, skip_bad
+        self.transform, self.skip_bad, self.decode_min_side = transform, skip_bad, decode_min_side
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -46,7 +48,7 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int] | None:
         path, label = self.samples[index]
         try:
-            image = load_rgb(path)
+            image = load_rgb(path, self.decode_min_side)
         except UserError:
             if self.skip_bad:
                 return None

@@ -100,7 +100,8 @@ def build_dataset(cfg: DictConfig, split: str, transform: Any, train: bool) -> t
     if data.dataset == "cifar10":
         ds = CIFAR10(data.root, split or ("train" if train else "test"), transform)
         return ds, 10
-    ds = ImageFolder(Path(data.root) / (split or ("train" if train else "val")), transform, data.skip_bad_images)
+    ds = ImageFolder(Path(data.root) / (split or ("train" if train else "val")), transform, data.skip_bad_images,
+                     decode_min_side=max(data.scale_range) if train else None)  # JPEGs > 2x decode smaller
     return ds, len(ds.classes)
 
 

@@ -4,11 +4,12 @@ original coordinates otherwise)."""
 
 from __future__ import annotations
 
-import warnings
+import copy
 
 import torch
 from torch import nn
 
+from backbones.layers import fold_frozen_batchnorm
 from detection.roi_heads import RoIHeads
 from detection.rpn import RegionProposalNetwork
 from detection.transform import DetectionTransform
@@ -22,34 +23,38 @@ class FasterRCNN(nn.Module):
         super().__init__()
         self.backbone, self.rpn, self.roi_heads, self.transform = backbone, rpn, roi_heads, transform
         self.rpn_features, self.roi_features = list(rpn_features), list(roi_features)
-        self.dropped_degenerate = 0
-
-    def _drop_degenerate(self, targets: list[dict]) -> list[dict]:
-        cleaned = []
-        for t in targets:
-            boxes = t["boxes"].reshape(-1, 4)
-            ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1]) & torch.isfinite(boxes).all(1)
-            if not ok.all():
-                self.dropped_degenerate += int((~ok).sum())
-                warnings.warn(f"dropped {int((~ok).sum())} degenerate target boxes (image {t.get('image_id')}; "
-                              f"{self.dropped_degenerate} so far)", stacklevel=3)
-            cleaned.append({**t, "boxes": boxes[ok], "labels": t["labels"].reshape(-1)[ok]})
-        return cleaned
+        self.channels_last = False  # feed the backbone NHWC images (see `inference_copy`)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode")
-            targets = self._drop_degenerate(targets)
+        if self.training and targets is None:
+            raise ValueError("targets are required in training mode")
         original_sizes = [(im.shape[-2], im.shape[-1]) for im in images]  # no int(): symbolic when exporting
         image_list, targets = self.transform(images, targets)
-        features = self.backbone(image_list.tensors)
+        pixels = image_list.tensors
+        features = self.backbone(pixels.contiguous(memory_format=torch.channels_last) if self.channels_last else pixels)
         proposals, rpn_losses = self.rpn(image_list, [features[n] for n in self.rpn_features], targets)
         detections, roi_losses = self.roi_heads([features[n] for n in self.roi_features], proposals,
                                                 image_list.image_sizes, targets)
         if self.training:
             return {**rpn_losses, **roi_losses}
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+
+
+def inference_copy(model: FasterRCNN, channels_last: bool = True, compile: bool = False) -> FasterRCNN:
+    """A copy of a detector made for inference: every frozen BN folded into its convolution (one pass over the
+    activations instead of two) and, with `channels_last`, weights and images in NHWC memory format, which
+    oneDNN's CPU convolutions and cuDNN's tensor cores prefer. `compile` puts the backbone and the box head (the
+    convolutions; not the proposal and NMS steps, whose sizes depend on the data) under `torch.compile` with
+    dynamic image sizes. The same detections up to float rounding; the copy has no BN buffers, so train and
+    save the original."""
+    fast = fold_frozen_batchnorm(copy.deepcopy(model).eval())
+    if channels_last:
+        fast.to(memory_format=torch.channels_last)
+        fast.channels_last = True
+    if compile:
+        fast.backbone = torch.compile(fast.backbone, dynamic=True)
+        fast.roi_heads.box_head = torch.compile(fast.roi_heads.box_head, dynamic=True)
+    return fast
 
 
 class SingleImageDetector(nn.Module):

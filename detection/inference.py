@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from detection.data.common import DetectionDataset, collate_detection
 from detection.evaluation.evaluator import evaluate_detections
+from detection.faster_rcnn import FasterRCNN, inference_copy
 from engine.distributed import all_gather_object, get_rank, get_world_size
 from engine.logs import progress_bar
 from engine.precision import autocast
@@ -20,18 +20,19 @@ from engine.sampler import SeededDataset, ShardSampler
 Detections = dict[int, dict[str, np.ndarray]]
 
 
-@torch.no_grad()
-def run_inference(model: nn.Module, dataset: DetectionDataset, device: torch.device, batch_size: int = 2,
-                  workers: int = 2, amp: str = "none", progress: bool = True) -> Detections:
-    """`{image_id: {"boxes", "scores", "labels"}}` for every image of `dataset`, gathered from all processes."""
+def run_inference(model: FasterRCNN, dataset: DetectionDataset, device: torch.device, batch_size: int = 2,
+                  workers: int = 2, amp: str = "none", progress: bool = True, compile: bool = False) -> Detections:
+    """`{image_id: {"boxes", "scores", "labels"}}` for every image of `dataset`, gathered from all processes.
+    Runs an inference copy of `model` (frozen BN folded, channels-last; see `inference_copy`), so `model`
+    itself, in training or not, is left as it was."""
+    fast = inference_copy(model, compile=compile)
     loader = DataLoader(SeededDataset(dataset), batch_sampler=ShardSampler(len(dataset), batch_size, get_rank(),
                                                                            get_world_size()),
                         num_workers=workers, collate_fn=collate_detection, generator=torch.Generator())
-    model.eval()
     mine: Detections = {}
     for images, targets in progress_bar(loader, enabled=progress, desc="inference", leave=False):
-        with autocast(device, amp):
-            outputs = model([im.to(device, non_blocking=True) for im in images])
+        with torch.inference_mode(), autocast(device, amp):
+            outputs = fast([im.to(device, non_blocking=True) for im in images])
         for target, out in zip(targets, outputs, strict=True):
             mine[int(target["image_id"])] = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
                                              for k, v in out.items()}

@@ -29,12 +29,13 @@ class Matcher:
             n = iou.shape[1]
             return (torch.zeros(n, dtype=torch.int64, device=iou.device),
                     torch.full((n,), self.labels[0], dtype=torch.int8, device=iou.device))
+        iou = iou.nan_to_num(0.0)  # a box without area (0 / 0) overlaps nothing
         best_iou, matches = iou.max(dim=0)
         match_labels = torch.empty_like(matches, dtype=torch.int8)
         for label, low, high in zip(self.labels, self.thresholds[:-1], self.thresholds[1:], strict=True):
-            match_labels[(best_iou >= low) & (best_iou < high)] = label
-        if self.allow_low_quality_matches:
+            match_labels.masked_fill_((best_iou >= low) & (best_iou < high), label)
+        if self.allow_low_quality_matches:  # every box keeps the candidates it overlaps most (ties included)
             highest = iou.max(dim=1, keepdim=True).values
-            _, candidates = torch.nonzero((iou == highest) & (highest > 0), as_tuple=True)
-            match_labels[candidates] = 1
+            best_of_some_box = ((iou == highest) & (highest > 0)).any(dim=0)
+            match_labels = torch.where(best_of_some_box, torch.ones_like(match_labels), match_labels)
         return matches, match_labels

@@ -22,6 +22,7 @@ import torch
 from PIL import Image, ImageOps
 
 from detection.build import detector_from_checkpoint
+from detection.faster_rcnn import inference_copy
 from engine.checkpoint import load_checkpoint
 from engine.distributed import resolve_device
 from engine.errors import UserError
@@ -50,17 +51,19 @@ class Predictor:
 
     Each result is `{"boxes": float32 (N, 4) xyxy pixels, "scores": float32 (N,), "labels": int64 (N,) in
     1..K, "names": [class name per box]}`, best first. `score_thresh` drops detections below it (default:
-    the model's own test threshold); `amp` runs the network in bf16/fp16.
+    the model's own test threshold); `amp` runs the network in bf16/fp16; `compile` puts the convolutions under
+    `torch.compile` (slow first call, see docs/benchmarks.md). The network run is an inference copy (frozen BN
+    folded into the convolutions, channels-last): the same detections, less time.
     """
 
     def __init__(self, checkpoint: str | os.PathLike, device: str | torch.device = "auto",
-                 score_thresh: float | None = None, amp: str = "none") -> None:
+                 score_thresh: float | None = None, amp: str = "none", compile: bool = False) -> None:
         check_amp(amp)
         state = load_checkpoint(checkpoint)
-        self.model, self.config, self.class_names = detector_from_checkpoint(state, checkpoint)
+        model, self.config, self.class_names = detector_from_checkpoint(state, checkpoint)
         self.category_ids: list[int] | None = state.get("category_ids")
         self.device = resolve_device(str(device))
-        self.model.to(self.device).eval()
+        self.model = inference_copy(model.to(self.device), compile=compile)
         self.score_thresh, self.amp = score_thresh, amp
         self.source = Path(checkpoint)
 

@@ -147,7 +147,9 @@ class RoIHeads(nn.Module):
     @torch.no_grad()
     def sample(self, proposals: list[torch.Tensor], targets: list[dict]
                ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Sampled boxes per image, their class labels (0 background) and matched ground-truth boxes."""
+        """Sampled boxes per image (a fixed number: `batch_size_per_image`, or all candidates if fewer), their
+        class labels (0 background, -1 a sample that does not count: too few candidates to fill the batch) and
+        matched ground-truth boxes; no host sync."""
         boxes_out, labels_out, gt_out = [], [], []
         for props, target in zip(proposals, targets, strict=True):
             gt, gt_labels = target["boxes"], target["labels"]
@@ -157,12 +159,11 @@ class RoIHeads(nn.Module):
             classes = gt_labels[matches] if len(gt) else torch.zeros_like(matches)
             classes = torch.where(match_labels == 1, classes, torch.zeros_like(classes))
             if len(gt):  # an image without objects is all background (as in torchvision and detectron2)
-                classes[match_labels == -1] = -1
-            pos, neg = sample_labels(classes, self.batch_size_per_image, self.positive_fraction)
-            keep = torch.cat([pos, neg])
-            boxes_out.append(props[keep])
-            labels_out.append(classes[keep])
-            gt_out.append(gt[matches[keep]] if len(gt) else props[keep])
+                classes = classes.masked_fill(match_labels == -1, -1)
+            idx, valid = sample_labels(classes, self.batch_size_per_image, self.positive_fraction)
+            boxes_out.append(props[idx])
+            labels_out.append(torch.where(valid, classes[idx], -1))
+            gt_out.append(gt[matches[idx]] if len(gt) else props[idx])
         return boxes_out, torch.cat(labels_out), torch.cat(gt_out)
 
     def forward(self, features: torch.Tensor | list[torch.Tensor], proposals: list[torch.Tensor],
@@ -180,13 +181,20 @@ class RoIHeads(nn.Module):
 
     def losses(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: torch.Tensor,
                labels: torch.Tensor, gt_boxes: torch.Tensor) -> dict[str, torch.Tensor]:
-        # the mean over sampled RoIs; nothing sampled (no proposals, no objects) is nothing to learn: zero, not NaN
-        loss_cls = F.cross_entropy(class_logits, labels) if labels.numel() else class_logits.sum() * 0.0
-        fg = torch.nonzero(labels > 0, as_tuple=True)[0]
-        deltas = box_deltas.view(len(labels), self.num_classes, 4)[fg, labels[fg] - 1]
-        targets = self.box_coder.encode(proposals[fg], gt_boxes[fg])
-        loss_loc = F.smooth_l1_loss(deltas, targets, beta=self.smooth_l1_beta, reduction="sum")
-        return {"loss_cls": loss_cls, "loss_box_reg": loss_loc / max(1, labels.numel())}
+        """Cross-entropy over the sampled RoIs that count (label >= 0) and the class-specific box loss of the
+        foreground ones, both divided by the number that count: means, zero (not NaN) when nothing counts.
+        Masks instead of indexing: no host sync."""
+        counted = labels >= 0
+        total = counted.sum().clamp(min=1)
+        loss_cls = F.cross_entropy(class_logits, labels.clamp(min=0), reduction="none")
+        loss_cls = torch.where(counted, loss_cls, 0.0).sum() / total
+        foreground = labels > 0
+        rows = torch.arange(len(labels), device=labels.device)
+        deltas = box_deltas.view(len(labels), self.num_classes, 4)[rows, (labels - 1).clamp(min=0)]
+        targets = self.box_coder.encode(proposals, gt_boxes)
+        targets = torch.where(foreground[:, None], targets, 0.0).to(deltas.dtype)  # no NaN from unmatched ones
+        loss_loc = F.smooth_l1_loss(deltas, targets, beta=self.smooth_l1_beta, reduction="none")
+        return {"loss_cls": loss_cls, "loss_box_reg": torch.where(foreground[:, None], loss_loc, 0.0).sum() / total}
 
     @torch.no_grad()
     def inference(self, class_logits: torch.Tensor, box_deltas: torch.Tensor, proposals: list[torch.Tensor],

@@ -132,7 +132,9 @@ class RegionProposalNetwork(nn.Module):
 
     def losses(self, anchors: torch.Tensor, logits: torch.Tensor, deltas: torch.Tensor, targets: list[dict],
                image_sizes: list[tuple[int, int]] | None = None) -> dict[str, torch.Tensor]:
-        labels, box_targets = [], []
+        """Objectness and box losses on `batch_size_per_image` sampled anchors per image, summed and divided by
+        that number times the images; computed on the sampled anchors only, with masks (no host sync)."""
+        picked, counts, labels, matched = [], [], [], []
         for i, target in enumerate(targets):
             gt = target["boxes"]
             iou = box_iou(gt, anchors)
@@ -147,18 +149,22 @@ class RegionProposalNetwork(nn.Module):
             matches, match_labels = self.matcher(iou)
             if outside is not None:
                 match_labels = match_labels.masked_fill(outside, -1)
-            sampled = torch.full_like(match_labels, -1)
-            pos, neg = sample_labels(match_labels, self.batch_size_per_image, self.positive_fraction)
-            sampled[pos], sampled[neg] = 1, 0
-            labels.append(sampled)
-            box_targets.append(gt[matches] if len(gt) else torch.zeros_like(anchors))
-        labels_t, gt_boxes = torch.stack(labels), torch.stack(box_targets)
-        valid, positive = labels_t >= 0, labels_t == 1
+            idx, valid = sample_labels(match_labels, self.batch_size_per_image, self.positive_fraction)
+            picked.append(idx)
+            counts.append(valid)
+            labels.append(match_labels[idx])
+            matched.append(gt[matches[idx]] if len(gt) else anchors[idx])
+        idx, valid, labels_t = torch.stack(picked), torch.stack(counts), torch.stack(labels)
+        positive = valid & (labels_t == 1)
         normalizer = self.batch_size_per_image * len(targets)
-        objectness = F.binary_cross_entropy_with_logits(logits[valid], labels_t[valid].to(logits.dtype),
-                                                        reduction="sum")
-        pos_anchors = anchors.expand(len(targets), -1, -1)[positive]
-        regression = F.smooth_l1_loss(deltas[positive], self.box_coder.encode(pos_anchors, gt_boxes[positive]),
-                                      beta=self.smooth_l1_beta, reduction="sum")
-        return {"loss_rpn_cls": self.loss_weight * objectness / normalizer,
-                "loss_rpn_loc": self.loss_weight * regression / normalizer}
+        objectness = F.binary_cross_entropy_with_logits(logits.gather(1, idx), (labels_t == 1).to(logits.dtype),
+                                                        reduction="none")
+        sampled_anchors = anchors[idx]  # (B, n, 4)
+        box_targets = self.box_coder.encode(sampled_anchors.reshape(-1, 4), torch.stack(matched).reshape(-1, 4))
+        box_targets = torch.where(positive.reshape(-1, 1), box_targets, 0.0)  # no NaN from unmatched ones
+        predicted = deltas.gather(1, idx[..., None].expand(-1, -1, 4)).reshape(-1, 4)
+        regression = F.smooth_l1_loss(predicted, box_targets.to(predicted.dtype), beta=self.smooth_l1_beta,
+                                      reduction="none")
+        return {"loss_rpn_cls": self.loss_weight * torch.where(valid, objectness, 0.0).sum() / normalizer,
+                "loss_rpn_loc": self.loss_weight * torch.where(positive.reshape(-1, 1), regression, 0.0).sum()
+                / normalizer}

@@ -48,9 +48,18 @@ def exif_orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file fully (so truncation is caught here) as RGB, in its displayed orientation."""
+def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
+    """Decode an image file fully (so truncation is caught here) as RGB, in its displayed orientation.
+
+    `min_side`: the caller only needs the shorter side this large, so a large JPEG may be decoded at 1/2, 1/4
+    or 1/8 of its size (libjpeg's DCT scaling, several times faster than decoding it whole and resizing); the
+    shorter side stays >= `min_side`. Other formats, and JPEGs too small to scale, decode as they are."""
     with _open(path) as img:
+        if min_side is not None and img.format == "JPEG":
+            width, height = img.size
+            shorter = min(width, height)
+            if shorter >= 2 * min_side:
+                img.draft("RGB", (-(-width * min_side // shorter), -(-height * min_side // shorter)))
         img.load()
         if exif_orientation(img) != 1:
             img = ImageOps.exif_transpose(img)

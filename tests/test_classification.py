@@ -9,14 +9,17 @@ import pytest
 import torch
 from PIL import Image
 from torch import nn
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 import backbones
 from classification.data import CIFAR10, ImageFolder, SyntheticImages, read_cifar_batch
 from classification.evaluate import topk_errors
 from classification.train import recompute_bn_stats
-from classification.transforms import PCALighting, eval_transform, train_transform
+from classification.transforms import PCALighting, RandomShorterSideCrop, eval_transform, train_transform
 from engine.cli import run_cli
 from engine.errors import UserError
+from engine.images import load_rgb
 from tests.helpers import one_thread, torchrun, write_poisoned_pickle
 from tools import analyze_responses, eval_cls, train_cls
 
@@ -117,6 +120,38 @@ def test_paper_transforms_shapes_and_determinism():
     # PCA lighting adds one colour offset to every pixel, along ImageNet's principal components
     shifted = PCALighting(0.1)(torch.zeros(3, 4, 4))
     assert torch.allclose(shifted, shifted[:, :1, :1].expand(3, 4, 4)) and shifted.abs().sum() > 0
+
+
+def test_the_one_pass_scale_crop_gives_torchvisions_resize_then_crop():
+    rng = np.random.default_rng(0)
+    smooth = torch.nn.functional.interpolate(torch.from_numpy(rng.random((1, 3, 40, 50))).float(), size=(375, 500),
+                                             mode="bicubic").clamp(0, 1)[0]
+    landscape = Image.fromarray((smooth.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    reference = T.RandomCrop(224)
+    for image in (landscape, landscape.transpose(Image.Transpose.ROTATE_90), landscape.resize((1200, 700))):
+        for seed in range(4):
+            torch.manual_seed(seed)
+            size = int(torch.randint(256, 481, ()).item())  # what the paper's recipe draws, then torchvision's ops
+            expected = np.asarray(reference(TF.resize(image, size, antialias=True)), dtype=int)
+            torch.manual_seed(seed)
+            got = np.asarray(RandomShorterSideCrop(256, 480, 224)(image), dtype=int)
+            # PIL's fixed-point filter weights round a little differently for a box: a level or two, rarely
+            assert got.shape == expected.shape == (224, 224, 3)
+            assert np.abs(got - expected).max() <= 2 and (got != expected).mean() < 0.03
+
+
+def test_large_jpegs_decode_at_a_smaller_scale_only_when_asked(tmp_path):
+    pixels = np.asarray(Image.radial_gradient("L").resize((1600, 1000)).convert("RGB"))
+    Image.fromarray(pixels).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(pixels).save(tmp_path / "big.png")
+    assert load_rgb(tmp_path / "big.jpg").size == (1600, 1000) == load_rgb(tmp_path / "big.png", 300).size
+    small = load_rgb(tmp_path / "big.jpg", 300)
+    assert small.size == (400, 250) or small.size == (800, 500)  # libjpeg scales by 1/2, 1/4 or 1/8 only
+    assert min(load_rgb(tmp_path / "big.jpg", 300).size) >= 250 and load_rgb(tmp_path / "big.jpg", 600).size == (
+        1600, 1000)  # a shorter side of 1000 cannot be halved and stay >= 600
+    # the same picture: within a few levels of decoding whole and resizing
+    whole = np.asarray(load_rgb(tmp_path / "big.jpg").resize(small.size, Image.BILINEAR), dtype=float)
+    assert np.abs(np.asarray(small, dtype=float) - whole).mean() < 2
 
 
 def test_topk_errors_by_hand():

@@ -2,7 +2,6 @@
 
 import copy
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -12,11 +11,13 @@ from torch import nn
 
 import backbones
 from backbones import FrozenBatchNorm2d
+from backbones.layers import calibrate_frozen_batchnorm, fold_conv_batchnorm
 from detection.anchors import AnchorGenerator
 from detection.box_coder import BoxCoder
 from detection.build import MODEL_DEFAULTS, build_detector, detector_checkpoint, load_detector
 from detection.data.common import GroundTruth
 from detection.evaluation import voc_evaluate
+from detection.faster_rcnn import inference_copy
 from detection.matcher import Matcher
 from detection.rpn import RegionProposalNetwork, RPNHead
 from detection.sampler import sample_labels
@@ -78,11 +79,17 @@ def test_matcher_thresholds_and_low_quality_matches():
 
 def test_sampler_proportions():
     labels = torch.tensor([1] * 100 + [0] * 1000 + [-1] * 50)
-    pos, neg = sample_labels(labels, 256, 0.25)
-    assert len(pos) == 64 and len(neg) == 192 and (labels[pos] == 1).all() and (labels[neg] == 0).all()
-    pos, neg = sample_labels(torch.tensor([2] * 10 + [0] * 1000), 256, 0.5)
-    assert len(pos) == 10 and len(neg) == 246  # too few positives: negatives fill the batch
-    assert len(torch.unique(neg)) == len(neg)
+    idx, valid = sample_labels(labels, 256, 0.25)
+    assert len(idx) == 256 and valid.all() and len(torch.unique(idx)) == 256
+    assert (labels[idx] == 1).sum() == 64 and (labels[idx] == 0).sum() == 192  # 25% foreground, the rest background
+    labels = torch.tensor([2] * 10 + [0] * 1000)
+    idx, valid = sample_labels(labels, 256, 0.5)
+    assert (labels[idx] == 2).sum() == 10 and (labels[idx] == 0).sum() == 246  # too few positives: negatives fill
+    labels = torch.tensor([1] * 3 + [0] * 5 + [-1] * 100)  # too few candidates: the rest is marked invalid
+    idx, valid = sample_labels(labels, 64, 0.25)
+    assert len(idx) == 64 and valid.sum() == 8 and (labels[idx[valid]] >= 0).all() and (labels[idx[~valid]] < 0).all()
+    draws = torch.stack([sample_labels(torch.tensor([1] * 4 + [0] * 4), 2, 0.5)[0] for _ in range(200)])
+    assert set(draws[:, 0].tolist()) == {0, 1, 2, 3}  # each positive is picked at random
 
 
 def test_proposals_are_clipped_nms_filtered_and_ordered_by_objectness():
@@ -164,15 +171,23 @@ def test_frozen_parts_get_no_gradient_and_frozen_bn_statistics_stay():
     assert not torch.equal(before["backbone.stages.res3.0.conv1.weight"], after["backbone.stages.res3.0.conv1.weight"])
 
 
-def test_degenerate_target_boxes_are_dropped_with_a_count():
+def test_degenerate_and_non_finite_target_boxes_overlap_nothing_and_losses_stay_finite():
+    """A box without area (or with NaN coordinates) matches no anchor and no proposal, itself included (its IoU
+    0 / 0 counts as 0): it teaches nothing and breaks nothing, and no host sync was spent finding it."""
     model = build_detector(small_cfg(), num_classes=2).train()
     images, targets = _images_and_targets()
-    targets[0]["boxes"] = torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 30.0, 30.0, 50.0]])  # zero width
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        losses = model(images, targets)
-    assert model.dropped_degenerate == 1 and any("dropped 1 degenerate" in str(w.message) for w in caught)
-    assert torch.isfinite(sum(losses.values()))
+    good = targets[0]["boxes"][:1]
+    targets[0]["boxes"] = torch.cat([good, torch.tensor([[30.0, 30.0, 30.0, 50.0], [float("nan"), 1, 2, 3]])])
+    targets[0]["labels"] = torch.tensor([1, 2, 2])
+    torch.manual_seed(0)
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    proposals = [torch.tensor([[30.0, 30.0, 30.0, 50.0], [10.0, 12.0, 60.0, 70.0]])]
+    _, labels, _ = model.roi_heads.sample(proposals, [{"boxes": torch.tensor([[30.0, 30.0, 30.0, 50.0]]),
+                                                       "labels": torch.tensor([1])}])
+    assert (labels <= 0).all()  # the degenerate box is nobody's foreground, not even its own copy's
 
 
 def test_initialisation_from_classifier_weights_and_clear_mismatches(tmp_path):
@@ -240,3 +255,38 @@ def test_a_tiny_detector_overfits_two_shapes_images(tmp_path):
             if ap == 100.0:
                 break
     assert ap == 100.0, f"AP@0.5 {ap:.1f} after {iteration} iterations"
+
+
+def test_folding_a_frozen_bn_into_its_convolution_by_hand():
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    conv.weight.data = torch.tensor([[[[2.0]]], [[[-1.0]]]])
+    bn = FrozenBatchNorm2d(2, eps=0.0)
+    bn.weight.copy_(torch.tensor([3.0, 0.5]))
+    bn.bias.copy_(torch.tensor([1.0, -2.0]))
+    bn.running_mean.copy_(torch.tensor([4.0, 1.0]))
+    bn.running_var.copy_(torch.tensor([4.0, 0.25]))
+    folded = fold_conv_batchnorm(conv, bn)
+    # channel 0: 3 * (2x - 4) / 2 + 1 = 3x - 5; channel 1: 0.5 * (-x - 1) / 0.5 - 2 = -x - 3
+    assert folded.weight.flatten().tolist() == [3.0, -1.0] and folded.bias.tolist() == [-5.0, -3.0]
+    x = torch.tensor([[[[1.0, -2.0]]]])
+    assert folded(x).flatten().tolist() == [-2.0, -11.0, -4.0, -1.0]
+
+
+@pytest.mark.parametrize("backbone,head", [("resnet18", "c4"), ("resnet50", "c4"), ("resnet18", "fpn")])
+def test_the_inference_copy_detects_what_the_model_detects(backbone, head):
+    sizes = [16, 32, 64] if head == "c4" else [8, 16, 32, 64, 128]
+    model = build_detector(small_cfg(backbone, head=head, anchor_sizes=sizes), num_classes=3).eval()
+    image = torch.rand(3, 80, 120, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        calibrate_frozen_batchnorm(model, lambda: model([image]))
+        expected = model([image])[0]
+    fast = inference_copy(model)
+    with torch.inference_mode():
+        got = fast([image])[0]
+    frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert frozen and not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())  # all folded
+    assert len(expected["boxes"]) > 5 and got["labels"].tolist() == expected["labels"].tolist()
+    torch.testing.assert_close(got["boxes"], expected["boxes"], rtol=0, atol=1e-3)
+    torch.testing.assert_close(got["scores"], expected["scores"], rtol=0, atol=1e-5)
+    assert model.state_dict().keys() == build_detector(small_cfg(backbone, head=head, anchor_sizes=sizes),
+                                                       3).state_dict().keys()  # the original keeps its BN

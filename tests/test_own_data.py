@@ -328,13 +328,13 @@ def test_predictor_takes_a_path_a_pil_image_or_an_array(detector, shapes):
     for other in (from_pil, from_array):
         assert all(np.array_equal(from_path[k], other[k]) for k in ("boxes", "scores", "labels"))
     assert from_path["names"] == [["ellipse", "rectangle", "triangle"][i - 1] for i in from_path["labels"]]
-    # the same as the model called by hand on the tensor
+    # the same as the model called by hand on the tensor (up to float rounding: the predictor runs it with BN folded)
     model, _, _ = load_detector(detector)
     image = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
     with torch.no_grad():
         direct = model.eval()([image])[0]
-    assert np.allclose(from_path["boxes"], direct["boxes"].numpy()) and np.array_equal(from_path["labels"],
-                                                                                       direct["labels"].numpy())
+    assert np.allclose(from_path["boxes"], direct["boxes"].numpy(), rtol=0, atol=1e-3)
+    assert np.array_equal(from_path["labels"], direct["labels"].numpy())
     with pytest.raises(UserError, match="must be \\(H, W, 3\\) uint8"):
         predictor(np.zeros((4, 4), np.float32))
 

@@ -3,7 +3,9 @@ resume), the paper's own detection and CIFAR settings, input conventions carried
 exports torchvision can load, detectron2's inference rules, and no host syncs in the training step."""
 
 import copy
+import inspect
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -351,3 +353,36 @@ def test_training_steps_do_not_wait_for_the_device_between_logging_points(tmp_pa
     trainer.train()  # 40 iterations: 2 logging points and the final save and finite-loss checks
     assert len(calls) <= 8, calls
     assert all(math.isfinite(p.sum().item()) for p in model.parameters())
+
+
+# the only places a detector's training step may wait for the device: the RPN turning its scores into a
+# variable number of proposals (and NMS), the FPN pooler splitting RoIs by level, and the multi-scale size
+# drawn from the CPU generator (a CPU tensor: no device to wait for)
+ALLOWED_SYNC_SITES = {("detection/rpn.py", "find_proposals"), ("detection/roi_heads.py", "forward"),
+                      ("detection/transform.py", "_target_size")}
+
+
+@pytest.mark.parametrize("head", ["c4", "fpn"])
+def test_a_detector_training_step_waits_for_the_device_only_where_it_must(monkeypatch, head):
+    calls = []
+    for owner, name in [(torch.Tensor, n) for n in ("item", "tolist", "__bool__", "__int__", "__float__",
+                                                    "nonzero")] + [(torch, "nonzero")]:
+        original = getattr(owner, name)
+
+        def counted(*args, _original=original, **kwargs):
+            for frame in inspect.stack()[1:]:
+                path = Path(frame.filename)
+                if path.is_relative_to(ROOT) and not path.is_relative_to(ROOT / "tests"):
+                    calls.append((path.relative_to(ROOT).as_posix(), frame.function))
+                    break
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+    levels = {"anchor_sizes": [16, 32, 64, 128, 256], "fpn": {"out_channels": 16}} if head == "fpn" else {}
+    model = tiny_detector(head=head, min_size=[96, 112], **levels).train()
+    images = [torch.rand(3, 96, 128), torch.rand(3, 100, 90)]
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    sum(model(images, targets).values()).backward()
+    assert set(calls) <= ALLOWED_SYNC_SITES, set(calls) - ALLOWED_SYNC_SITES
+    assert ("detection/roi_heads.py", "forward") not in calls or head == "fpn"

@@ -74,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=non_negative_int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="none", help="run the network in bf16/fp16")
+    parser.add_argument("--compile", action="store_true", help="run the convolutions under torch.compile (a slow "
+                        "first batch; pays off over many)")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--backend", choices=BACKENDS, default="pycocotools", help="COCO evaluation backend")
     parser.add_argument("--json", help="write the metrics to this file")
@@ -102,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"{args.checkpoint}: trained for classes {', '.join(class_names)}, but the dataset has "
                             f"{', '.join(names)}")
         detections = run_inference(model.to(dist.device), dataset, dist.device, args.batch_size, args.workers,
-                                   args.amp, progress=not args.no_progress)
+                                   args.amp, progress=not args.no_progress, compile=args.compile)
         if args.output and dist.is_main and hasattr(dataset, "image_sets"):
             written = write_voc_results(args.output, dataset.image_sets[0][1], detections, records, names)
         elif args.no_eval and dist.is_main:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from classification.evaluate import load_classifier
 from detection.build import detector_from_checkpoint
-from detection.faster_rcnn import SingleImageDetector
+from detection.faster_rcnn import SingleImageDetector, inference_copy
 from engine.checkpoint import load_checkpoint
 from engine.cli import ToolParser, positive_int, run_cli
 from engine.config import parse_key_values
@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"{args.checkpoint}: detectors export to onnx (a TorchScript trace would freeze the "
                             "image size)")
         detector, cfg, class_names = detector_from_checkpoint(state, args.checkpoint)
-        model = SingleImageDetector(detector).eval()
+        model = SingleImageDetector(inference_copy(detector, channels_last=False)).eval()  # BN folded
         test_size = cfg["model"]["test_min_size"] or cfg["model"]["min_size"][-1]
         size = args.size or [test_size, test_size * 4 // 3]  # not square: no coincidence for the export to see
         if args.image:

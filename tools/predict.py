@@ -129,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images (or video frames) per forward pass")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="none")
+    parser.add_argument("--compile", action="store_true", help="run the convolutions under torch.compile (a slow "
+                        "first image; pays off over many)")
     parser.add_argument("--skip-bad-images", action="store_true", help="warn and count unreadable images")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true")
@@ -139,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     clash = next((f for f, t in targets.items() if t.resolve() in {g.resolve() for g in files}), None)
     if clash is not None:
         raise UserError(f"{args.output}: writing there would overwrite the input {clash}; choose another --output")
-    predictor = Predictor(args.checkpoint, args.device, args.score_thresh, args.amp)
+    predictor = Predictor(args.checkpoint, args.device, args.score_thresh, args.amp, args.compile)
     images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
     videos = [f for f in files if f.suffix.lower() in VIDEO_EXTENSIONS]
     detections: dict[int, dict[str, Any]] = {}
