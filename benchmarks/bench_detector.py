@@ -4,9 +4,13 @@
    res2 and the stem frozen), seeded; the same weights converted to ours with `configs/detection/
    torchvision_R50_FPN.yaml` (which gives its detections to the bit). Inference on one image and one SGD training
    step, interleaved, CPU time and wall time: the ratio is torchvision's time over ours (> 1: ours is faster).
-2. Our R50-FPN (that recipe) against our R50-C4 (`detectron2_R50_C4.yaml` settings) on the same image.
+2. Our R50-FPN (that recipe) against our C4 detector (`--c4-recipe`, default `detectron2_R50_C4`; the paper's
+   `detectron2_R101_C4` for its R101-C4 figures) on the same images.
+Our inference runs the inference copy that evaluation and prediction use (`detection.faster_rcnn.inference_copy`:
+frozen BN folded, channels-last); torchvision's runs its model as it is.
 
-    python -m benchmarks.bench_detector [--device cuda] [--min-size 800] [--amp bf16] [--repeats 5]
+    python -m benchmarks.bench_detector [--device cuda] [--min-size 800] [--batch 2] [--amp bf16] [--repeats 5]
+        [--c4-recipe detectron2_R101_C4]
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFa
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from benchmarks.common import interleaved_times, machine_line
+from detection.build import build_detector
+from detection.faster_rcnn import FasterRCNN, inference_copy
 from detection.train import DEFAULTS, LIMITS, OPEN_KEYS
 from detection.weights import import_detector
 from engine.config import load_config
@@ -47,10 +53,8 @@ def ours_from(model: torch.nn.Module, recipe: str, size: list[str]) -> torch.nn.
     return import_detector(str(path), cfg)[0]
 
 
-def c4_model(size: list[str]) -> torch.nn.Module:
-    from detection.build import build_detector
-
-    cfg = load_config(DEFAULTS, "detectron2_R50_C4", [f"model.min_size=[{size[0]}]", f"model.test_min_size={size[0]}",
+def c4_model(recipe: str, size: list[str]) -> torch.nn.Module:
+    cfg = load_config(DEFAULTS, recipe, [f"model.min_size=[{size[0]}]", f"model.test_min_size={size[0]}",
                                                       f"model.max_size={size[1]}"], open_keys=OPEN_KEYS, limits=LIMITS)
     torch.manual_seed(0)
     return build_detector(cfg, 80)
@@ -60,10 +64,11 @@ def step_fns(models: dict[str, torch.nn.Module], images, targets, amp: str, devi
     fns = {}
     for name, model in models.items():
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+        runner = inference_copy(model) if isinstance(model, FasterRCNN) else model.eval()
 
-        def infer(model=model):
+        def infer(runner=runner):
             with torch.inference_mode(), autocast(device, amp):
-                model.eval()(images)
+                runner(images)
 
         def train(model=model, opt=opt):
             with autocast(device, amp):
@@ -96,6 +101,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--amp", default="none", choices=["none", "bf16", "fp16"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--c4-recipe", default="detectron2_R50_C4", help="the C4 detector compared with our FPN")
     args = parser.parse_args()
     device = torch.device(args.device)
     size = [str(args.min_size), str(args.max_size)]
@@ -110,8 +116,8 @@ def main() -> None:
     report("R50-FPN, identical weights and settings (torchvision_R50_FPN.yaml):",
            step_fns(models, images, targets, args.amp, device), "torchvision", device, args.repeats, args.batch)
     del models["torchvision"]
-    models["ours C4"] = c4_model(size).to(device)
-    report("ours R50-FPN vs ours R50-C4 (detectron2 settings, random weights):",
+    models["ours C4"] = c4_model(args.c4_recipe, size).to(device)
+    report(f"ours R50-FPN vs ours C4 ({args.c4_recipe}, random weights):",
            step_fns(models, images, targets, args.amp, device), "ours C4", device, args.repeats, args.batch)
 
 

@@ -19,15 +19,17 @@ from torch.utils.data import Dataset, default_collate
 
 from backbones.weights import load_numpy_pickle
 from engine.errors import UserError
-from engine.images import IMAGE_EXTENSIONS, load_rgb
+from engine.images import IMAGE_EXTENSIONS, load_rgb, read_for_device_decoding
 
 
 class ImageFolder(Dataset):
     """`root/<class>/<image>` with classes in sorted folder order (as torchvision's ImageFolder).
-    `decode_min_side`: the transform needs no more than this shorter side (see `engine.images.load_rgb`)."""
+    `decode_min_side`: the transform needs no more than this shorter side (see `engine.images.load_rgb`).
+    `encoded`: images are not decoded here but returned as `engine.images.read_for_device_decoding` gives them
+    (JPEG bytes), for `DeviceTrainTransform`; `transform` is then not used."""
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, skip_bad: bool = False,
-                 decode_min_side: int | None = None) -> None:
+                 decode_min_side: int | None = None, encoded: bool = False) -> None:
         root = Path(root)
         if not root.is_dir():
             raise UserError(f"{root}: dataset split folder not found")
@@ -41,6 +43,7 @@ class ImageFolder(Dataset):
                 raise UserError(f"{root / name}: class folder has no images")
             self.samples += [(str(f), label) for f in files]
         self.transform, self.skip_bad, self.decode_min_side = transform, skip_bad, decode_min_side
+        self.encoded = encoded
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -48,6 +51,8 @@ class ImageFolder(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int] | None:
         path, label = self.samples[index]
         try:
+            if self.encoded:
+                return read_for_device_decoding(path), label
             image = load_rgb(path, self.decode_min_side)
         except UserError:
             if self.skip_bad:
@@ -146,7 +151,8 @@ def collate_skip_bad(batch: Sequence[tuple[torch.Tensor, int] | None]) -> tuple[
     good = [b for b in batch if b is not None]
     if not good:
         raise UserError("a whole batch of images was unreadable; check the dataset")
-    if isinstance(good[0][0], list):  # multi-scale views of different sizes stay a list per image
+    first = good[0][0]
+    if isinstance(first, list) or first.dtype == torch.uint8:  # multi-scale views, undecoded images: a list
         images, labels = [g[0] for g in good], torch.tensor([g[1] for g in good])
     else:
         images, labels = default_collate(good)

@@ -27,6 +27,7 @@ from classification.transforms import (
     CIFAR_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    DeviceTrainTransform,
     eval_transform,
     train_transform,
 )
@@ -47,7 +48,7 @@ DEFAULTS: dict[str, Any] = {
     "data": {
         "dataset": "synthetic", "root": None, "train_split": None, "val_split": None, "workers": 2,
         "skip_bad_images": False, "crop_size": None, "scale_range": [256, 480], "lighting": 0.1, "pad_fill": "mean",
-        "test_resize": 256, "test_scales": [224, 256, 384, 480, 640],
+        "decode_on_device": False, "test_resize": 256, "test_scales": [224, 256, 384, 480, 640],
         "synthetic": {"train_size": 2048, "val_size": 512, "num_classes": 10, "image_size": 32},
     },
     "solver": {
@@ -101,7 +102,8 @@ def build_dataset(cfg: DictConfig, split: str, transform: Any, train: bool) -> t
         ds = CIFAR10(data.root, split or ("train" if train else "test"), transform)
         return ds, 10
     ds = ImageFolder(Path(data.root) / (split or ("train" if train else "val")), transform, data.skip_bad_images,
-                     decode_min_side=max(data.scale_range) if train else None)  # JPEGs > 2x decode smaller
+                     decode_min_side=max(data.scale_range) if train else None,  # JPEGs > 2x decode smaller
+                     encoded=train and data.decode_on_device)
     return ds, len(ds.classes)
 
 
@@ -204,15 +206,23 @@ def _train(cfg: DictConfig, output_dir: Path, dist: DistInfo, resume: bool | str
     optimizer = torch.optim.SGD(model.parameters(), lr=solver.lr, momentum=solver.momentum,
                                 weight_decay=solver.weight_decay, nesterov=solver.nesterov)
     bad_images = [0]
+    on_device = data.decode_on_device and data.dataset == "imagenet"
+    if data.decode_on_device and not on_device:
+        raise UserError(f"data.decode_on_device: only for ImageNet-layout JPEG folders, not {data.dataset}")
+    device_tf = DeviceTrainTransform(crop_size(cfg), data.scale_range, data.lighting, dist.device) if on_device \
+        else None
 
     def make_batches(start_iter: int):
         sampler = GlobalBatchSampler(len(train_set), solver.batch_size, accumulate=solver.accumulate,
                                      rank=dist.rank, world_size=dist.world_size, seed=cfg.train.seed,
                                      start_iter=start_iter)
-        return iter(DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=data.workers,
-                               collate_fn=collate_skip_bad, pin_memory=dist.device.type == "cuda",
-                               persistent_workers=data.workers > 0,
-                               generator=torch.Generator()))  # never draw from the global RNG
+        batches = iter(DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=data.workers,
+                                  collate_fn=collate_skip_bad, pin_memory=dist.device.type == "cuda",
+                                  persistent_workers=data.workers > 0,
+                                  generator=torch.Generator()))  # never draw from the global RNG
+        if device_tf is None:
+            return batches
+        return ((device_tf(images), labels, bad) for images, labels, bad in batches)
 
     def step(_model: nn.Module, batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         images, labels, bad = batch

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import functional as F
 
 from engine.errors import UserError
@@ -38,16 +39,21 @@ class RandomShorterSideCrop:
                             f"[{min_size}, {max_size}]")
         self.min_size, self.max_size, self.crop_size = min_size, max_size, crop_size
 
-    def __call__(self, image: Image.Image) -> Image.Image:
-        width, height = image.size
+    def draw(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(resized width, resized height, crop top, crop left) for an image of this size, from the torch RNG."""
         size = int(torch.randint(self.min_size, self.max_size + 1, ()).item())
         if width <= height:  # torchvision's rule: the longer side truncated
             new_width, new_height = size, int(size * height / width)
         else:
             new_width, new_height = int(size * width / height), size
+        top = int(torch.randint(0, new_height - self.crop_size + 1, (1,)).item())
+        left = int(torch.randint(0, new_width - self.crop_size + 1, (1,)).item())
+        return new_width, new_height, top, left
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        new_width, new_height, top, left = self.draw(width, height)
         crop = self.crop_size
-        top = int(torch.randint(0, new_height - crop + 1, (1,)).item())
-        left = int(torch.randint(0, new_width - crop + 1, (1,)).item())
         sx, sy = width / new_width, height / new_height
         return image.resize((crop, crop), Image.BILINEAR,
                             box=(left * sx, top * sy, (left + crop) * sx, (top + crop) * sy))
@@ -89,6 +95,46 @@ def train_transform(style: str, crop_size: int, scale_range: Sequence[int] = (25
     fill = tuple(round(255 * m) for m in CIFAR_MEAN) if pad_fill == "mean" else 0
     return T.Compose([T.RandomCrop(crop_size, padding=crop_size // 8, fill=fill), T.RandomHorizontalFlip(),
                       T.ToTensor(), _normalize(style)])
+
+
+class DeviceTrainTransform:
+    """The ImageNet training transform of `train_transform` on a batch, done where the model runs: the JPEGs
+    decoded together by `torchvision.io.decode_jpeg(device=...)` (nvJPEG on CUDA), then scale, crop, flip, PCA
+    lighting and normalisation as tensor operations, for when there are too few CPU cores to feed the GPU
+    (`data.decode_on_device`). Items are what `engine.images.read_for_device_decoding` reads: JPEG bytes, or an
+    image already decoded on the CPU. Each image draws the same random numbers in the same order as
+    `train_transform`, from the torch RNG of the process that calls it."""
+
+    def __init__(self, crop_size: int, scale_range: Sequence[int], lighting: float, device: torch.device) -> None:
+        self.crop = RandomShorterSideCrop(*scale_range, crop_size)
+        self.lighting, self.device = PCALighting(lighting), torch.device(device)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+
+    def decode(self, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        encoded = [i for i, item in enumerate(items) if item.dim() == 1]
+        images = [item.to(self.device, non_blocking=True) for item in items]
+        if encoded:
+            try:
+                decoded = decode_jpeg([items[i] for i in encoded], mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError as exc:
+                raise UserError(f"a training JPEG failed to decode on {self.device} ({exc}); without "
+                                "data.decode_on_device the file is named") from None
+            for i, image in zip(encoded, decoded, strict=True):
+                images[i] = image
+        return images
+
+    def __call__(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
+        crops, offsets = [], []
+        for image in self.decode(items):
+            height, width = image.shape[-2:]
+            new_width, new_height, top, left = self.crop.draw(width, height)
+            resized = F.resize(image.float(), [new_height, new_width], antialias=True)
+            crop = resized[:, top:top + self.crop.crop_size, left:left + self.crop.crop_size]
+            crops.append(crop.flip(-1) if torch.rand(1) < 0.5 else crop)
+            offsets.append(self.lighting(torch.zeros(3, 1, 1)).view(3))
+        batch = torch.stack(crops).div_(255).add_(torch.stack(offsets).to(self.device).view(-1, 3, 1, 1))
+        return batch.sub_(self.mean).div_(self.std)
 
 
 class MultiScale:

@@ -11,7 +11,10 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import UserError
@@ -64,6 +67,16 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
         if exif_orientation(img) != 1:
             img = ImageOps.exif_transpose(img)
         return img.convert("RGB")
+
+
+def read_for_device_decoding(path: str | os.PathLike) -> torch.Tensor:
+    """A JPEG stored upright, as its encoded bytes (1-D uint8), for a batched decoder on the device
+    (`torchvision.io.decode_jpeg(device=...)`); any other image (another format, an EXIF rotation) decoded
+    here, as a (3, H, W) uint8 tensor. The header is checked as for `load_rgb` (missing, unreadable, too large)."""
+    with _open(path) as img:
+        if img.format == "JPEG" and img.mode in ("RGB", "L") and exif_orientation(img) == 1:
+            return torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+    return torch.from_numpy(np.array(load_rgb(path))).permute(2, 0, 1).contiguous()
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

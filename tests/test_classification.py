@@ -16,10 +16,16 @@ import backbones
 from classification.data import CIFAR10, ImageFolder, SyntheticImages, read_cifar_batch
 from classification.evaluate import topk_errors
 from classification.train import recompute_bn_stats
-from classification.transforms import PCALighting, RandomShorterSideCrop, eval_transform, train_transform
+from classification.transforms import (
+    DeviceTrainTransform,
+    PCALighting,
+    RandomShorterSideCrop,
+    eval_transform,
+    train_transform,
+)
 from engine.cli import run_cli
 from engine.errors import UserError
-from engine.images import load_rgb
+from engine.images import load_rgb, read_for_device_decoding
 from tests.helpers import one_thread, torchrun, write_poisoned_pickle
 from tools import analyze_responses, eval_cls, train_cls
 
@@ -154,6 +160,27 @@ def test_large_jpegs_decode_at_a_smaller_scale_only_when_asked(tmp_path):
     assert np.abs(np.asarray(small, dtype=float) - whole).mean() < 2
 
 
+def test_decoding_on_the_device_gives_the_cpu_transforms_images(tmp_path):
+    smooth = torch.nn.functional.interpolate(torch.rand(3, 3, 6, 8, generator=torch.Generator().manual_seed(0)),
+                                             size=(90, 120), mode="bicubic").clamp(0, 1)
+    arrays = [(p.permute(1, 2, 0).numpy() * 255).astype(np.uint8) for p in smooth]
+    paths = [tmp_path / "wide.jpg", tmp_path / "tall.jpg", tmp_path / "wide.png"]
+    Image.fromarray(arrays[0]).save(paths[0], quality=95)
+    Image.fromarray(arrays[1]).transpose(Image.Transpose.ROTATE_90).save(paths[1], quality=95)
+    Image.fromarray(arrays[2]).save(paths[2])
+    items = [read_for_device_decoding(p) for p in paths]
+    assert [i.dim() for i in items] == [1, 1, 3]  # JPEG bytes, bytes, a PNG decoded on the CPU
+    cpu = train_transform("imagenet", 48, scale_range=(56, 80))
+    for seed in range(3):
+        torch.manual_seed(seed)
+        expected = torch.stack([cpu(load_rgb(p)) for p in paths])
+        torch.manual_seed(seed)
+        got = DeviceTrainTransform(48, (56, 80), 0.1, torch.device("cpu"))(items)
+        # the same draws (scale, crop, flip, lighting); PIL's and torch's resampling differ by a level or so
+        assert got.shape == expected.shape == (3, 3, 48, 48)
+        assert (got - expected).abs().mean() < 0.02 and (got - expected).abs().max() < 0.1  # a wrong flip: > 1
+
+
 def test_topk_errors_by_hand():
     probs = torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5]])
     labels = torch.tensor([1, 2, 1])
@@ -211,6 +238,11 @@ def test_imagenet_layout_runs_the_full_pipeline_and_evaluation_modes(imagenet_di
         metrics = json.loads((tmp_path / "m.json").read_text())
         assert metrics["count"] == 6 and 0 <= metrics["error"] <= 100
     assert "top-1 error" in capsys.readouterr().out
+    code, _ = _train(tmp_path, "r18_on_device", "--arch", "resnet18", "--dataset", "imagenet", "--data",
+                     str(imagenet_dir), "--max-iter", "2", "--batch-size", "6", "data.crop_size=32",
+                     "data.scale_range=[36,48]", "data.test_resize=36", "model.options.width=8",
+                     "data.decode_on_device=true", "--recompute-bn", "1")
+    assert code == 0
 
 
 def test_resume_gives_the_same_weights_as_one_run(tmp_path):

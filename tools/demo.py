@@ -9,7 +9,7 @@
 5. (`--compare-scratch`) the same detector trained from scratch, to show what pre-training bought.
 6. `REPORT.md` with the metrics table and the pictures, under the output folder.
 
-    python tools/demo.py [--output runs/demo] [--seed 0] [--det-iters 1200] [--compare-scratch] [--head fpn]
+    python tools/demo.py [--output runs/demo] [--seed 0] [--det-iters 2000] [--compare-scratch] [--head fpn]
 """
 
 from __future__ import annotations
@@ -84,10 +84,10 @@ def report(out: Path, timings: dict[str, float], scratch: bool) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ToolParser(__doc__)
     parser.add_argument("--output", default="runs/demo")
-    parser.add_argument("--num-train", type=positive_int, default=300)
-    parser.add_argument("--num-val", type=positive_int, default=50)
+    parser.add_argument("--num-train", type=positive_int, default=600)
+    parser.add_argument("--num-val", type=positive_int, default=200)
     parser.add_argument("--cls-iters", type=positive_int, default=300)
-    parser.add_argument("--det-iters", type=positive_int, default=1200)
+    parser.add_argument("--det-iters", type=positive_int, default=2000)
     parser.add_argument("--compare-scratch", action="store_true", help="also train the detector from scratch")
     parser.add_argument("--head", choices=["c4", "fpn"], default="c4",
                         help="the paper's C4 detector (default) or one with a feature pyramid")
