@@ -63,19 +63,42 @@ def report(out: Path, timings: dict[str, float], scratch: bool) -> Path:
     rows = [("pre-trained classifier (crops val)", f"top-1 error {cls['error']:.2f}%", "")]
     rows.append(("detector, pre-trained backbone", f"VOC07 mAP {det['voc07']['mAP']:.2f}",
                  f"COCO AP {det['coco']['AP']:.2f} / AP50 {det['coco']['AP50']:.2f}"))
+    s = json.loads((out / "detector_scratch" / "metrics.json").read_text()) if scratch else {}
     if scratch:
-        s = json.loads((out / "detector_scratch" / "metrics.json").read_text())
         rows.append(("detector, from scratch (same recipe)", f"VOC07 mAP {s['voc07']['mAP']:.2f}",
                      f"COCO AP {s['coco']['AP']:.2f} / AP50 {s['coco']['AP50']:.2f}"))
-    lines = ["# Demo report", "", "Synthetic shapes (3 classes), CPU. Produced by `tools/demo.py`.", "",
+    val_images = json.loads((out / "data" / "shapes" / "annotations" / "instances_val.json").read_text())["images"]
+    lines = ["# Demo report", "",
+             f"What `tools/demo.py` did, and what its numbers mean. The task is synthetic: images of ellipses, "
+             f"rectangles and triangles of every size and aspect on cluttered, textured backgrounds, some "
+             f"overlapping, some images empty ({len(val_images)} validation images, written by "
+             "`tools/make_shapes.py`). A small classifier is first trained on crops of those objects and of "
+             "background, the stand-in for the paper's ImageNet pre-training; its weights start the "
+             "detector's backbone, as the paper's ImageNet models start Faster R-CNN's.", "",
              "| model | metric | COCO |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    lines += ["", "| step | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()]
-    lines += ["", "## Classifier training (Fig. 4 style)", "", "![classifier curves](classifier/curves.png)", "",
+    lines += ["", "- **VOC07 mAP** (PASCAL VOC 2007's 11-point AP at IoU 0.5, averaged over the 3 classes) is the "
+              "paper's Table 7 metric; **COCO AP** averages AP over IoU 0.5..0.95 and so also rewards tight "
+              "boxes (Table 8's mAP@[.5,.95]); AP50 is COCO's AP at IoU 0.5.",
+              "- One run is one draw: README.md and docs/benchmarks.md state the mean, worst and best over seeds. "
+              "A run differs from those by the seed and by the machine (another CPU, or thread count, rounds "
+              "differently and takes another path). The 11-point VOC07 metric loses up to 3 points when a "
+              "single object of a class is never found; COCO AP has no such step and is the steadier figure.",
+              "- What pre-training bought: " + (
+                  f"the same detector from scratch, same data and iterations, reaches VOC07 mAP "
+                  f"{s['voc07']['mAP']:.1f} against {det['voc07']['mAP']:.1f}." if scratch else
+                  "run with `--compare-scratch` to train the same detector from scratch beside it (docs/"
+                  "benchmarks.md has the 5-seed figures)."), ""]
+    lines += ["| step | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    lines += ["", "Files: [classifier curves](classifier/curves.png), [detector loss](detector/loss.png), "
+              "[detector mAP during training](detector/voc07_mAP.png), [PR curves](eval/pr_curves_voc07.png), "
+              "[per-class AP](eval/per_class_voc07.md), [COCO results json](eval/coco_results.json), "
+              "[drawn detections](detector/detections/), TensorBoard logs under `classifier/tensorboard` and "
+              "`detector/tensorboard`.", "",
+              "## Classifier training (Fig. 4 style)", "", "![classifier curves](classifier/curves.png)", "",
               "## Detector", "", "![loss](detector/loss.png) ![mAP](detector/voc07_mAP.png)", "",
               "![PR curves](eval/pr_curves_voc07.png)", "", "Per class (VOC07 AP):", "",
               (out / "eval" / "per_class_voc07.md").read_text(), "## Detections on validation images", ""]
-    lines += [f"![{p.stem}](detector/detections/{p.name})" for p in sorted((out / "detector" / "detections").iterdir())]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
