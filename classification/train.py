@@ -206,11 +206,10 @@ def _train(cfg: DictConfig, output_dir: Path, dist: DistInfo, resume: bool | str
     optimizer = torch.optim.SGD(model.parameters(), lr=solver.lr, momentum=solver.momentum,
                                 weight_decay=solver.weight_decay, nesterov=solver.nesterov)
     bad_images = [0]
-    on_device = data.decode_on_device and data.dataset == "imagenet"
-    if data.decode_on_device and not on_device:
+    if data.decode_on_device and data.dataset != "imagenet":
         raise UserError(f"data.decode_on_device: only for ImageNet-layout JPEG folders, not {data.dataset}")
-    device_tf = DeviceTrainTransform(crop_size(cfg), data.scale_range, data.lighting, dist.device) if on_device \
-        else None
+    device_tf = DeviceTrainTransform(crop_size(cfg), data.scale_range, data.lighting, dist.device) \
+        if data.decode_on_device else None
 
     def make_batches(start_iter: int):
         sampler = GlobalBatchSampler(len(train_set), solver.batch_size, accumulate=solver.accumulate,

@@ -112,8 +112,8 @@ class DeviceTrainTransform:
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 
     def decode(self, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        encoded = [i for i, item in enumerate(items) if item.dim() == 1]
-        images = [item.to(self.device, non_blocking=True) for item in items]
+        encoded = [i for i, item in enumerate(items) if item.dim() == 1]  # the decoder takes them from the host
+        images = [item if item.dim() == 1 else item.to(self.device, non_blocking=True) for item in items]
         if encoded:
             try:
                 decoded = decode_jpeg([items[i] for i in encoded], mode=ImageReadMode.RGB, device=self.device)
