@@ -2,9 +2,9 @@
 
 Three classes (ellipse, rectangle, triangle) of varied scale and aspect ratio on textured, cluttered
 backgrounds; objects may overlap and partly hide each other (at most `max_occlusion` of either shape's
-pixels are shared), each has a colour at least `min_contrast` (RGB distance) from the background it covers,
-and some images have no objects at all. Boxes are the tight boxes of each shape's full
-extent, in continuous pixel coordinates.
+pixels are shared), each has a colour at least `min_contrast` (RGB distance) from the background it covers
+and from every shape it touches, and some images have no objects at all. Boxes are the tight boxes of each
+shape's full extent, in continuous pixel coordinates.
 """
 
 from __future__ import annotations
@@ -65,6 +65,40 @@ def _iou(a: list[float], b: list[float]) -> float:
     return inter / union
 
 
+def place_objects(rng: np.random.Generator, img: np.ndarray, count: int, max_occlusion: float,
+                  min_contrast: float) -> list[tuple[int, np.ndarray, list[float]]]:
+    """Draw up to `count` shapes onto `img` in place; returns `(class index, mask, box)` of those drawn.
+
+    A shape that would share more than `max_occlusion` of its own or an earlier shape's pixels is left out.
+    Its colour is at least `min_contrast` away from the background under it and from every shape it
+    touches, so two shapes never merge into one blob; one for which no such colour turns up is left out.
+    """
+    h, w = img.shape[:2]
+    background = img.copy()
+    placed: list[tuple[int, np.ndarray, list[float], np.ndarray]] = []
+    grow = np.ones((3, 3), np.uint8)
+    for _ in range(count):
+        kind = int(rng.integers(0, len(SHAPE_CLASSES)))
+        drawn = _draw(rng, kind, h, w, min(h, w) * 0.12, min(h, w) * 0.6)
+        if drawn is None:
+            continue
+        mask, box = drawn
+        if any((mask & m).sum() > max_occlusion * min(mask.sum(), m.sum()) for _, m, _, _ in placed):
+            continue
+        near = cv2.dilate(mask, grow).astype(bool)
+        avoid = [background[mask.astype(bool)].mean(0)] + [c for _, m, _, c in placed if (near & m.astype(bool)).any()]
+        for _ in range(50):
+            color = rng.integers(0, 255, 3).astype(np.float32)
+            if all(np.linalg.norm(color - other) >= min_contrast for other in avoid):
+                break
+        else:
+            continue
+        shade = rng.uniform(0.85, 1.15, (h, w, 1)).astype(np.float32)
+        img[mask.astype(bool)] = (color * shade)[mask.astype(bool)]
+        placed.append((kind, mask, box, color))
+    return [(kind, mask, box) for kind, mask, box, _ in placed]
+
+
 def make_split(out_dir: Path, split: str, num_images: int, seed: int, *, min_side: int = 160, max_side: int = 256,
                max_objects: int = 4, empty_fraction: float = 0.1, max_occlusion: float = 0.25,
                min_contrast: float = 90.0) -> Path:
@@ -77,26 +111,7 @@ def make_split(out_dir: Path, split: str, num_images: int, seed: int, *, min_sid
         h, w = (int(v) for v in rng.integers(min_side, max_side + 1, 2))
         img = _background(rng, h, w)
         n = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
-        boxes: list[list[float]] = []
-        masks: list[np.ndarray] = []
-        for _ in range(n):
-            kind = int(rng.integers(0, len(SHAPE_CLASSES)))
-            drawn = _draw(rng, kind, h, w, min(h, w) * 0.12, min(h, w) * 0.6)
-            if drawn is None:
-                continue
-            mask, box = drawn
-            shared = [int((mask & m).sum()) for m in masks]
-            if any(s > max_occlusion * min(mask.sum(), m.sum()) for s, m in zip(shared, masks, strict=True)):
-                continue
-            masks.append(mask)
-            under = img[mask.astype(bool)].mean(0)
-            for _ in range(20):  # a colour that stands out from what it covers: every object is visible
-                color = rng.integers(0, 255, 3).astype(np.float32)
-                if np.linalg.norm(color - under) >= min_contrast:
-                    break
-            shade = rng.uniform(0.85, 1.15, (h, w, 1)).astype(np.float32)
-            img[mask.astype(bool)] = (color * shade)[mask.astype(bool)]
-            boxes.append(box)
+        for kind, mask, box in place_objects(rng, img, n, max_occlusion, min_contrast):
             x1, y1, x2, y2 = box
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": kind + 1,
                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(mask.sum()), "iscrowd": 0})
