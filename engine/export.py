@@ -58,10 +58,13 @@ def _onnx_translations() -> dict[Any, Any]:
 
 
 def onnx_max_differences(path: str | os.PathLike, model: nn.Module, inputs: Sequence[tuple[torch.Tensor, ...]],
-                         input_names: Sequence[str]) -> list[dict[str, float]]:
+                         input_names: Sequence[str], detections: bool = False) -> list[dict[str, float]]:
     """Run the ONNX file with onnxruntime and `model` with PyTorch on each input tuple: per input, the largest
     absolute difference of every output (`inf` where the output shapes differ, e.g. another detection count),
-    and `count`, the length of the first output (logits rows, detections)."""
+    and `count`, the length of the first output (logits rows, detections).
+
+    `detections`: the outputs are `(boxes, scores, labels)`, compared as sets (`detection_differences`), since
+    two detections whose scores differ in the last bits may come out in either order."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -72,12 +75,37 @@ def onnx_max_differences(path: str | os.PathLike, model: nn.Module, inputs: Sequ
         with torch.no_grad():
             expected = model.eval()(*(a.to(device) for a in args))
         expected = tuple(e.cpu() for e in (expected if isinstance(expected, tuple) else (expected,)))
-        got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args, strict=True)})
+        got = tuple(torch.from_numpy(g) for g in session.run(
+            None, {n: a.numpy() for n, a in zip(input_names, args, strict=True)}))
         row = {"count": float(len(expected[0]))}
-        for name, want, have in zip(names, expected, got, strict=True):
-            have = torch.from_numpy(have)
-            same = want.shape == have.shape
-            row[name] = (want.double() - have.double()).abs().max().item() if same and want.numel() else (
-                0.0 if same else float("inf"))
+        if detections:
+            row.update(zip(names, detection_differences(expected, got), strict=True))
+        else:
+            for name, want, have in zip(names, expected, got, strict=True):
+                row[name] = _max_difference(want, have)
         report.append(row)
     return report
+
+
+def _max_difference(want: torch.Tensor, have: torch.Tensor) -> float:
+    if want.shape != have.shape:
+        return float("inf")
+    return (want.double() - have.double()).abs().max().item() if want.numel() else 0.0
+
+
+def detection_differences(want: Sequence[torch.Tensor], have: Sequence[torch.Tensor]) -> tuple[float, float, float]:
+    """Boxes, scores and labels of two detection sets `(boxes (N, 4), scores (N,), labels (N,))`, order aside:
+    the farthest any box of either set is from the nearest box of the same label in the other (the largest
+    coordinate difference), and the largest differences of the sorted scores and sorted labels; `inf` where the
+    counts differ."""
+    (want_boxes, want_scores, want_labels), (have_boxes, have_scores, have_labels) = (
+        [t.double() for t in want], [t.double() for t in have])
+    if len(want_boxes) != len(have_boxes):
+        return float("inf"), float("inf"), float("inf")
+    if not len(want_boxes):
+        return 0.0, 0.0, 0.0
+    gaps = (want_boxes[:, None] - have_boxes[None]).abs().amax(-1)
+    gaps[want_labels[:, None] != have_labels[None]] = float("inf")
+    boxes = max(gaps.amin(1).max().item(), gaps.amin(0).max().item())
+    return (boxes, _max_difference(want_scores.sort().values, have_scores.sort().values),
+            _max_difference(want_labels.sort().values, have_labels.sort().values))

@@ -15,6 +15,7 @@ from detection.train import DEFAULTS, OPEN_KEYS
 from engine.checkpoint import save_checkpoint
 from engine.cli import run_cli
 from engine.config import load_config
+from engine.export import detection_differences
 from tools import export
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,3 +121,17 @@ def test_detectors_are_not_traced_to_torchscript(tmp_path, detector_file, capsys
     assert run_cli(export.main, ["--checkpoint", str(detector_file[1]), "--output", str(tmp_path / "x.ts"),
                                  "--format", "torchscript"]) == 2
     assert "detectors export to onnx" in capsys.readouterr().err
+
+
+def test_detection_sets_compare_without_their_order():
+    """Two detections whose scores differ in the last bits can leave onnxruntime in either order (this failed
+    the export check of a tiny detector); distances by hand."""
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 50]])
+    scores, labels = torch.tensor([0.9, 0.9000001]), torch.tensor([1, 2])
+    swapped = (boxes.flip(0), scores.flip(0), labels.flip(0))
+    assert detection_differences((boxes, scores, labels), swapped) == (0.0, 0.0, 0.0)
+    moved = (boxes + torch.tensor([[0.0, 0, 0, 3], [0, 0, 0, 0]]), scores, labels)
+    assert detection_differences((boxes, scores, labels), moved)[0] == 3.0
+    relabelled = (boxes, scores, torch.tensor([2, 1]))
+    assert detection_differences((boxes, scores, labels), relabelled)[0] == 40.0  # its label's box is the other
+    assert detection_differences((boxes, scores, labels), (boxes[:1], scores[:1], labels[:1]))[0] == float("inf")
