@@ -26,7 +26,7 @@ class ImageFolder(Dataset):
     """`root/<class>/<image>` with classes in sorted folder order (as torchvision's ImageFolder).
     `decode_min_side`: the transform needs no more than this shorter side (see `engine.images.load_rgb`).
     `encoded`: images are not decoded here but returned as `engine.images.read_for_device_decoding` gives them
-    (JPEG bytes), for `DeviceTrainTransform`; `transform` is then not used."""
+    (JPEG bytes) with their path, for `DeviceTrainTransform`; `transform` is then not used."""
 
     def __init__(self, root: str | os.PathLike, transform: Callable | None = None, skip_bad: bool = False,
                  decode_min_side: int | None = None, encoded: bool = False) -> None:
@@ -52,7 +52,7 @@ class ImageFolder(Dataset):
         path, label = self.samples[index]
         try:
             if self.encoded:
-                return read_for_device_decoding(path), label
+                return (read_for_device_decoding(path), path), label
             image = load_rgb(path, self.decode_min_side)
         except UserError:
             if self.skip_bad:
@@ -152,7 +152,7 @@ def collate_skip_bad(batch: Sequence[tuple[torch.Tensor, int] | None]) -> tuple[
     if not good:
         raise UserError("a whole batch of images was unreadable; check the dataset")
     first = good[0][0]
-    if isinstance(first, list) or first.dtype == torch.uint8:  # multi-scale views, undecoded images: a list
+    if isinstance(first, (list, tuple)):  # multi-scale views, (undecoded image, path): a list
         images, labels = [g[0] for g in good], torch.tensor([g[1] for g in good])
     else:
         images, labels = default_collate(good)

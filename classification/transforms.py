@@ -101,9 +101,10 @@ class DeviceTrainTransform:
     """The ImageNet training transform of `train_transform` on a batch, done where the model runs: the JPEGs
     decoded together by `torchvision.io.decode_jpeg(device=...)` (nvJPEG on CUDA), then scale, crop, flip, PCA
     lighting and normalisation as tensor operations, for when there are too few CPU cores to feed the GPU
-    (`data.decode_on_device`). Items are what `engine.images.read_for_device_decoding` reads: JPEG bytes, or an
-    image already decoded on the CPU. Each image draws the same random numbers in the same order as
-    `train_transform`, from the torch RNG of the process that calls it."""
+    (`data.decode_on_device`). Items are `(image, path)`, the image what `engine.images.read_for_device_decoding`
+    reads: JPEG bytes, or an image already decoded on the CPU; the path names a file that fails to decode.
+    Each image draws the same random numbers in the same order as `train_transform`, from the torch RNG of the
+    process that calls it."""
 
     def __init__(self, crop_size: int, scale_range: Sequence[int], lighting: float, device: torch.device) -> None:
         self.crop = RandomShorterSideCrop(*scale_range, crop_size)
@@ -111,20 +112,25 @@ class DeviceTrainTransform:
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 
-    def decode(self, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        encoded = [i for i, item in enumerate(items) if item.dim() == 1]  # the decoder takes them from the host
-        images = [item if item.dim() == 1 else item.to(self.device, non_blocking=True) for item in items]
+    def decode(self, items: Sequence[tuple[torch.Tensor, str]]) -> list[torch.Tensor]:
+        encoded = [i for i, (image, _) in enumerate(items) if image.dim() == 1]  # the decoder takes them from the host
+        images = [image if image.dim() == 1 else image.to(self.device, non_blocking=True) for image, _ in items]
         if encoded:
             try:
-                decoded = decode_jpeg([items[i] for i in encoded], mode=ImageReadMode.RGB, device=self.device)
-            except RuntimeError as exc:
-                raise UserError(f"a training JPEG failed to decode on {self.device} ({exc}); without "
-                                "data.decode_on_device the file is named") from None
+                decoded = decode_jpeg([images[i] for i in encoded], mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError:
+                for i in encoded:  # one at a time, to name the file
+                    try:
+                        decode_jpeg(images[i], mode=ImageReadMode.RGB, device=self.device)
+                    except RuntimeError as exc:
+                        reason = str(exc).rsplit(", ", 1)[-1]  # after torchvision's source location
+                        raise UserError(f"{items[i][1]}: JPEG does not decode on {self.device}: {reason}") from None
+                raise
             for i, image in zip(encoded, decoded, strict=True):
                 images[i] = image
         return images
 
-    def __call__(self, items: Sequence[torch.Tensor]) -> torch.Tensor:
+    def __call__(self, items: Sequence[tuple[torch.Tensor, str]]) -> torch.Tensor:
         crops, offsets = [], []
         for image in self.decode(items):
             height, width = image.shape[-2:]

@@ -13,7 +13,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 import backbones
-from classification.data import CIFAR10, ImageFolder, SyntheticImages, read_cifar_batch
+from classification.data import CIFAR10, ImageFolder, SyntheticImages, collate_skip_bad, read_cifar_batch
 from classification.evaluate import topk_errors
 from classification.train import recompute_bn_stats
 from classification.transforms import (
@@ -168,8 +168,8 @@ def test_decoding_on_the_device_gives_the_cpu_transforms_images(tmp_path):
     Image.fromarray(arrays[0]).save(paths[0], quality=95)
     Image.fromarray(arrays[1]).transpose(Image.Transpose.ROTATE_90).save(paths[1], quality=95)
     Image.fromarray(arrays[2]).save(paths[2])
-    items = [read_for_device_decoding(p) for p in paths]
-    assert [i.dim() for i in items] == [1, 1, 3]  # JPEG bytes, bytes, a PNG decoded on the CPU
+    items = [(read_for_device_decoding(p), str(p)) for p in paths]
+    assert [i.dim() for i, _ in items] == [1, 1, 3]  # JPEG bytes, bytes, a PNG decoded on the CPU
     cpu = train_transform("imagenet", 48, scale_range=(56, 80))
     for seed in range(3):
         torch.manual_seed(seed)
@@ -179,6 +179,25 @@ def test_decoding_on_the_device_gives_the_cpu_transforms_images(tmp_path):
         # the same draws (scale, crop, flip, lighting); PIL's and torch's resampling differ by a level or so
         assert got.shape == expected.shape == (3, 3, 48, 48)
         assert (got - expected).abs().mean() < 0.02 and (got - expected).abs().max() < 0.1  # a wrong flip: > 1
+
+
+def test_a_jpeg_that_fails_to_decode_on_the_device_is_named(tmp_path):
+    """A truncated JPEG passes the header check in the loader's worker; the batched decoder then fails, and
+    the error names the file (the batch alone cannot tell which)."""
+    noise = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    for name in ("good.jpg", "cut.jpg"):
+        Image.fromarray(noise).save(tmp_path / name, quality=95)
+    data = (tmp_path / "cut.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[:len(data) // 2])
+    folder = tmp_path / "train" / "grey"
+    folder.mkdir(parents=True)
+    for name in ("good.jpg", "cut.jpg"):
+        (tmp_path / name).rename(folder / name)
+    dataset = ImageFolder(tmp_path / "train", encoded=True)
+    images, _, _ = collate_skip_bad([dataset[0], dataset[1]])
+    with pytest.raises(UserError, match=r"cut\.jpg: JPEG does not decode on cpu: Image is incomplete or truncated"):
+        DeviceTrainTransform(32, (36, 48), 0.1, torch.device("cpu"))(images)
+    assert DeviceTrainTransform(32, (36, 48), 0.1, torch.device("cpu"))(images[1:]).shape == (1, 3, 32, 32)
 
 
 def test_topk_errors_by_hand():
