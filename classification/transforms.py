@@ -118,14 +118,16 @@ class DeviceTrainTransform:
         if encoded:
             try:
                 decoded = decode_jpeg([images[i] for i in encoded], mode=ImageReadMode.RGB, device=self.device)
-            except RuntimeError:
+            except RuntimeError as exc:
+                failed, reason = "a batch of JPEGs", exc
                 for i in encoded:  # one at a time, to name the file
                     try:
                         decode_jpeg(images[i], mode=ImageReadMode.RGB, device=self.device)
-                    except RuntimeError as exc:
-                        reason = str(exc).rsplit(", ", 1)[-1]  # after torchvision's source location
-                        raise UserError(f"{items[i][1]}: JPEG does not decode on {self.device}: {reason}") from None
-                raise
+                    except RuntimeError as alone:
+                        failed, reason = items[i][1], alone
+                        break
+                reason = str(reason).rsplit(", ", 1)[-1]  # after torchvision's source location
+                raise UserError(f"{failed}: JPEG does not decode on {self.device}: {reason}") from None
             for i, image in zip(encoded, decoded, strict=True):
                 images[i] = image
         return images
