@@ -24,10 +24,10 @@ from engine.logs import get_logger
 
 logger = get_logger("detection")
 
-RPN_PREFIX, PREDICTOR_PREFIX = "proposal_generator.rpn_head.", "roi_heads.box_predictor."
+PREDICTOR_PREFIX, PREDICTOR = "roi_heads.box_predictor.", "roi_heads.predictor."  # theirs, ours
 RPN_OURS = "rpn.head."
 # detectron2 and torchvision names of the parts besides the ResNet -> ours (regular expressions)
-DETECTRON2_NAMES = ((r"proposal_generator\.rpn_head\.", "rpn.head."),
+DETECTRON2_NAMES = ((r"proposal_generator\.rpn_head\.", RPN_OURS),
                     (r"backbone\.fpn_lateral(\d)\.", lambda m: f"backbone.fpn.lateral_convs.{int(m[1]) - 2}."),
                     (r"backbone\.fpn_output(\d)\.", lambda m: f"backbone.fpn.output_convs.{int(m[1]) - 2}."),
                     (r"roi_heads\.box_head\.fc1\.", "roi_heads.box_head.fc6."),
@@ -68,7 +68,7 @@ def heads_state_dict(weights: WeightFile) -> dict[str, torch.Tensor]:
         if key.startswith(PREDICTOR_PREFIX + "cls_score."):
             if weights.format == "detectron2":
                 value = torch.cat([value[-1:], value[:-1]])
-            state["roi_heads.predictor." + key.removeprefix(PREDICTOR_PREFIX)] = value
+            state[PREDICTOR + key.removeprefix(PREDICTOR_PREFIX)] = value
         elif key.startswith(PREDICTOR_PREFIX + "bbox_pred."):
             if value.shape[0] == 4:
                 value = value.repeat(num_classes, *([1] * (value.dim() - 1)))
@@ -77,7 +77,7 @@ def heads_state_dict(weights: WeightFile) -> dict[str, torch.Tensor]:
             if value.shape[0] != 4 * num_classes:
                 raise UserError(f"{weights.source}: {key} has {value.shape[0]} rows; expected 4 per class "
                                 f"({4 * num_classes}) or 4 (class-agnostic)")
-            state["roi_heads.predictor." + key.removeprefix(PREDICTOR_PREFIX)] = value
+            state[PREDICTOR + key.removeprefix(PREDICTOR_PREFIX)] = value
         elif (ours := _renamed(key, names)) is not None:
             state[ours] = value
         else:
@@ -85,7 +85,6 @@ def heads_state_dict(weights: WeightFile) -> dict[str, torch.Tensor]:
     return state
 
 
-PREDICTOR = "roi_heads.predictor."
 # what must agree between a detector checkpoint and the config it fine-tunes under: the network's layout and
 # the input it was trained on (weights fed other pixels load without complaint and silently do worse)
 ARCHITECTURE_KEYS = ("backbone", "backbone_options", "pixel_mean", "pixel_std", "channel_order")
