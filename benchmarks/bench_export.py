@@ -21,7 +21,7 @@ import backbones
 from benchmarks.common import interleaved_medians, machine_line
 from detection.build import MODEL_DEFAULTS, build_detector
 from detection.faster_rcnn import SingleImageDetector
-from engine.export import export_model
+from engine.export import export_model, image_dims
 
 
 def compare(name: str, model: torch.nn.Module, example: torch.Tensor, dynamic: dict, repeats: int) -> None:
@@ -49,17 +49,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(machine_line(torch.device("cpu")), f"onnxruntime {onnxruntime.__version__}")
-    height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
 
     classifier = backbones.build_model(args.arch).eval()
     compare(f"{args.arch} batch {args.batch_size} 224px", classifier, torch.randn(args.batch_size, 3, 224, 224),
-            {0: torch.export.Dim("batch", min=1, max=1024), 2: height, 3: width}, args.repeats)
+            image_dims(batch=True), args.repeats)
 
     model_cfg = copy.deepcopy(MODEL_DEFAULTS)
     model_cfg.update(backbone=args.arch)
     detector = SingleImageDetector(build_detector({"model": model_cfg}, 20)).eval()
     compare(f"Faster R-CNN {args.arch}-C4, one {args.detector_size[0]}x{args.detector_size[1]} image", detector,
-            torch.rand(3, *args.detector_size), {1: height, 2: width}, args.repeats)
+            torch.rand(3, *args.detector_size), image_dims(), args.repeats)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 from benchmarks.common import interleaved_times, machine_line
 from benchmarks.parity_detectron2 import make_pair
 from detection.faster_rcnn import SingleImageDetector, inference_copy
-from engine.export import export_model
+from engine.export import export_model, image_dims
 
 
 def main() -> None:
@@ -50,9 +50,8 @@ def main() -> None:
         import onnxruntime
 
         path = Path(tempfile.mkdtemp()) / "detector.onnx"
-        height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
         export_model(SingleImageDetector(inference_copy(pair.ours, channels_last=False)), (image,), path, "onnx",
-                     dynamic_shapes=({1: height, 2: width},), input_names=["image"],
+                     dynamic_shapes=(image_dims(),), input_names=["image"],
                      output_names=["boxes", "scores", "labels"])
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = args.threads

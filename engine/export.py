@@ -19,6 +19,15 @@ from engine.errors import UserError
 FORMATS = ("onnx", "torchscript")
 
 
+def image_dims(batch: bool = False) -> dict[int, Any]:
+    """The `dynamic_shapes` entry of an image input for `export_model`: height and width of 32..4096 pixels
+    ((C, H, W), one image) and, with `batch`, a leading batch of 1..1024 ((B, C, H, W))."""
+    height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
+    if batch:
+        return {0: torch.export.Dim("batch", min=1, max=1024), 2: height, 3: width}
+    return {1: height, 2: width}
+
+
 def export_model(model: nn.Module, example: tuple[torch.Tensor, ...], path: str | os.PathLike, fmt: str, *,
                  dynamic_shapes: tuple[dict[int, Any], ...], input_names: Sequence[str],
                  output_names: Sequence[str]) -> Path:

@@ -34,7 +34,7 @@ from engine.cli import ToolParser, positive_int, run_cli
 from engine.config import parse_key_values
 from engine.distributed import resolve_device
 from engine.errors import UserError
-from engine.export import FORMATS, export_model, onnx_max_differences
+from engine.export import FORMATS, export_model, image_dims, onnx_max_differences
 from engine.images import load_rgb
 from engine.logs import get_logger
 
@@ -62,7 +62,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="where the model is traced and checked (cpu, cuda)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
-    height, width = torch.export.Dim("height", min=32, max=4096), torch.export.Dim("width", min=32, max=4096)
     device = resolve_device(args.device)
     state = load_checkpoint(args.checkpoint) if args.checkpoint and args.checkpoint.endswith((".pth", ".pt")) else {}
     if state.get("kind") == "faster_rcnn":
@@ -81,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         example = (image,)
         other = (F.interpolate(image[None], size=(size[0] * 3 // 4, size[1] * 5 // 4), mode="bilinear")[0],)
         names, outputs = ["image"], ["boxes", "scores", "labels"]
-        shapes = ({1: height, 2: width},)
+        shapes = (image_dims(),)
         what = f"Faster R-CNN {cfg['model']['backbone']} ({len(class_names)} classes)"
     else:
         model, arch = load_classifier(args.checkpoint or args.weights, args.arch, parse_key_values(args.option))
@@ -90,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         other = (torch.randn(3, 3, size[0] + 32, size[1] - 32 if size[1] > 64 else size[1] + 64,
                              generator=torch.Generator().manual_seed(1)),)
         names, outputs = ["images"], ["logits"]
-        shapes = ({0: torch.export.Dim("batch", min=1, max=1024), 2: height, 3: width},)
+        shapes = (image_dims(batch=True),)
         what = arch
     model = model.to(device)
     path = export_model(model, tuple(x.to(device) for x in example), args.output, args.format, dynamic_shapes=shapes,
