@@ -1,5 +1,6 @@
 """Networks as feature extractors: named stages with known channels and strides (detectron2's ShapeSpec
-idea), freezing, frozen BN, and the trunk/head split the C4 detector needs."""
+idea), freezing, the normalisation choice (frozen BN, BN, synchronised BN, GroupNorm), and the trunk/head split
+the C4 detector needs."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from backbones.layers import freeze_batchnorm
+from backbones.layers import convert_norm, freeze_batchnorm
 from backbones.registry import build_model
 from backbones.resnet import Stage
 from backbones.weights import load_weights, read_weights
@@ -56,7 +57,7 @@ class Backbone(nn.Module):
 
     def freeze(self, at: int) -> Backbone:
         """Freeze the first `at` stages (1 = stem, 2 = stem and res2, as detectron2's FREEZE_AT):
-        no gradients, and their BatchNorm becomes a fixed affine map."""
+        no gradients, and their BatchNorm becomes a fixed affine map (GroupNorm stays, without gradients)."""
         if not 0 <= at <= len(self.stages):
             raise UserError(f"freeze_at must be in 0..{len(self.stages)}, got {at}")
         for name in list(self.stages)[:at]:
@@ -75,16 +76,16 @@ class Backbone(nn.Module):
 
 
 def backbone_from_model(model: nn.Module, out_features: Sequence[str] | None = None, *, freeze_at: int = 0,
-                        frozen_bn: bool = False) -> Backbone:
-    """Feature extractor over the stages of a registry classifier (weights shared, classifier head dropped)."""
+                        norm: str = "bn") -> Backbone:
+    """Feature extractor over the stages of a registry classifier (weights shared, classifier head dropped), its
+    BatchNorm layers as `norm` (`backbones.layers.NORMS`), its first `freeze_at` stages frozen."""
     backbone = Backbone(_stages_of(model), out_features)
-    if frozen_bn:
-        freeze_batchnorm(backbone)
+    convert_norm(backbone, norm)
     return backbone.freeze(freeze_at)
 
 
 def split_model(model: nn.Module, trunk_end: str = "res4", *, freeze_at: int = 0,
-                frozen_bn: bool = False) -> tuple[Backbone, nn.Module, ShapeSpec]:
+                norm: str = "bn") -> tuple[Backbone, nn.Module, ShapeSpec]:
     """Split a classifier into a shared trunk ending at `trunk_end` and the remaining stages as a head.
 
     With the default `res4` this is the paper's ResNet "C4" design: conv1..conv4_x run on the whole image
@@ -98,22 +99,21 @@ def split_model(model: nn.Module, trunk_end: str = "res4", *, freeze_at: int = 0
         raise UserError(f"cannot split {type(model).__name__} after {trunk_end!r}; "
                         f"split points: {', '.join(names[:-1])}")
     cut = names.index(trunk_end) + 1
-    trunk = backbone_from_model(model, [trunk_end], freeze_at=freeze_at, frozen_bn=frozen_bn)
+    trunk = backbone_from_model(model, [trunk_end], freeze_at=freeze_at, norm=norm)
     rest = stages[cut:]
     head = rest[0].module if len(rest) == 1 else nn.Sequential(OrderedDict((s.name, s.module) for s in rest))
-    if frozen_bn:
-        freeze_batchnorm(head)
+    head = convert_norm(head, norm)
     return trunk, head, ShapeSpec(stages[-1].channels, stages[-1].stride)
 
 
 def build_backbone(name: str, out_features: Sequence[str] | None = None, *, freeze_at: int = 0,
-                   frozen_bn: bool = False, weights: str | os.PathLike | None = None, **options) -> Backbone:
+                   norm: str = "bn", weights: str | os.PathLike | None = None, **options) -> Backbone:
     """The registered network `name` as a feature extractor, optionally initialised from a weight file
-    (its classifier head is not loaded)."""
+    (its classifier head is not loaded); `norm` and `freeze_at` as in `backbone_from_model`."""
     model = build_model(name, **options)
     if weights is not None:
         load_weights(model, read_weights(weights), arch=name, skip_prefixes=model_head_prefixes(model))
-    return backbone_from_model(model, out_features, freeze_at=freeze_at, frozen_bn=frozen_bn)
+    return backbone_from_model(model, out_features, freeze_at=freeze_at, norm=norm)
 
 
 def model_head_prefixes(model: nn.Module) -> tuple[str, ...]:

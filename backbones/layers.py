@@ -1,13 +1,24 @@
-"""Small layers shared by the backbones: frozen BatchNorm and the parameter-free shortcut (option A)."""
+"""Small layers shared by the backbones: the normalisation choices (frozen BN, BN, synchronised BN, GroupNorm)
+and the parameter-free shortcut (option A)."""
 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+from torch.nn.modules.batchnorm import _BatchNorm
+
+# what `model.norm` may be: a fixed affine map (fine-tuning from ImageNet weights, the paper's choice), batch
+# statistics (torchvision without weights), batch statistics over every process (torchrun), GroupNorm
+# (32 groups, independent of the batch: detectron2's recipes for training from scratch)
+NORMS = ("frozen_bn", "bn", "syncbn", "gn")
+GN_GROUPS = 32
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -61,15 +72,92 @@ class FrozenBatchNorm2d(nn.Module):
         return frozen
 
 
-def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every `nn.BatchNorm2d` inside `module` (or `module` itself) by `FrozenBatchNorm2d`."""
-    if isinstance(module, nn.BatchNorm2d):
-        return FrozenBatchNorm2d.from_batchnorm(module)
+class SyncBatchNorm2d(nn.SyncBatchNorm):
+    """BatchNorm whose training statistics are those of the whole batch over every process of the group.
+
+    On CUDA it is PyTorch's `SyncBatchNorm`. PyTorch's kernel does not run on the CPU (Gloo), so there the
+    per-channel sums are all-reduced with an autograd-aware all-reduce (detectron2's NaiveSyncBatchNorm idea,
+    weighted by each process's number of values so that unequal shares still give the statistics of the union).
+    Outside a process group, or in eval mode, it is plain BatchNorm. State-dict keys equal `nn.BatchNorm2d`'s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.is_cuda or not self.training or not dist.is_available() or not dist.is_initialized()
+                or dist.get_world_size(self.process_group or dist.group.WORLD) == 1):
+            return super().forward(x)
+        channels = x.shape[1]
+        count = x.new_tensor([x.numel() / channels])
+        sums = torch.cat([x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3)), count])
+        sums = differentiable_all_reduce(sums, group=self.process_group or dist.group.WORLD)
+        total = sums[-1]
+        mean, mean_sq = sums[:channels] / total, sums[channels:2 * channels] / total
+        var = (mean_sq - mean * mean).clamp(min=0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                unbiased = var * total / (total - 1).clamp(min=1)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(unbiased.detach(), momentum)
+        scale = (var + self.eps).rsqrt()
+        if self.affine:
+            scale = scale * self.weight
+        shift = -mean * scale + (self.bias if self.affine else 0.0)
+        return x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+
+def group_norm(channels: int, groups: int = GN_GROUPS) -> nn.GroupNorm:
+    """GroupNorm with `groups` groups (detectron2's 32), or the largest divisor of `channels` below that for the
+    narrow networks of tests and CPU demos."""
+    return nn.GroupNorm(math.gcd(groups, channels), channels)
+
+
+def make_norm(norm: str, channels: int) -> nn.Module | None:
+    """A fresh normalisation layer for a new convolution (FPN, box head): `none` is no layer. `frozen_bn` is not
+    offered: a frozen map that was never trained is the identity."""
+    layers = {"none": lambda: None, "bn": lambda: nn.BatchNorm2d(channels),
+              "syncbn": lambda: SyncBatchNorm2d(channels), "gn": lambda: group_norm(channels)}
+    if norm not in layers:
+        raise ValueError(f"norm of a new layer must be one of {', '.join(layers)}, got {norm!r}")
+    return layers[norm]()
+
+
+def _convert(bn: _BatchNorm, norm: str) -> nn.Module:
+    """One BatchNorm as the `norm` kind, carrying over what the kind keeps (statistics and / or affine map)."""
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d.from_batchnorm(bn)
+    if norm == "gn":
+        new: nn.Module = group_norm(bn.num_features)
+        new.to(bn.weight.device)
+        with torch.no_grad():
+            new.weight.copy_(bn.weight)
+            new.bias.copy_(bn.bias)
+        return new
+    new = (SyncBatchNorm2d if norm == "syncbn" else nn.BatchNorm2d)(bn.num_features, bn.eps, bn.momentum)
+    new.to(bn.weight.device)
+    new.load_state_dict(bn.state_dict())
+    return new
+
+
+def convert_norm(module: nn.Module, norm: str) -> nn.Module:
+    """Every trainable BatchNorm inside `module` (or `module` itself) as `norm` (see `NORMS`); returns the module.
+    Frozen BN keeps its statistics exactly; `gn` keeps the affine parameters and drops the statistics."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if isinstance(module, _BatchNorm):
+        unchanged = {"bn": nn.BatchNorm2d, "syncbn": SyncBatchNorm2d}.get(norm)
+        return module if type(module) is unchanged else _convert(module, norm)
     for name, child in module.named_children():
-        frozen = freeze_batchnorm(child)
-        if frozen is not child:
-            setattr(module, name, frozen)
+        converted = convert_norm(child, norm)
+        if converted is not child:
+            setattr(module, name, converted)
     return module
+
+
+def freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm (plain or synchronised) inside `module` (or `module` itself) by
+    `FrozenBatchNorm2d` with its statistics."""
+    return convert_norm(module, "frozen_bn")
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import math
 import os
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 import backbones
@@ -33,7 +33,10 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "backbone": "resnet101",
     "backbone_options": {},
     "weights": None,  # ImageNet weights: a train_cls.py model_final.pth or a torchvision state dict
-    "freeze_at": 2,  # stem and res2 (VGG: conv1, conv2) frozen; BN frozen everywhere in ResNets
+    # null: from weights, stem and res2 (VGG: conv1, conv2) frozen and frozen BN (the paper's fine-tuning); from
+    # scratch, nothing frozen and a norm that trains (SCRATCH_NORM); see `resolve_start`
+    "freeze_at": None,
+    "norm": None,  # the backbone's (and C4 head's) normalisation: frozen_bn, bn, syncbn, gn (backbones.NORMS)
     # the input convention (0..255 units): null takes the weights' own (a classifier trained here records
     # its normalisation, MSRA/detectron2 files theirs), else ImageNet's RGB mean/std (IMAGENET_INPUT)
     "pixel_mean": None,
@@ -41,7 +44,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "channel_order": None,
     "pixel_range": 255,  # normalise 0..255 values (detectron2) or, with mean and std / 255, 0..1 ones (torchvision)
     "head": "c4",  # c4: the paper's (res5 per region; vgg*: fc6/fc7 on conv5_3); fpn: a feature pyramid
-    "fpn": {"out_channels": 256},
+    "fpn": {"out_channels": 256, "norm": "none"},  # norm after each FPN convolution: none, bn, syncbn, gn
     # None: each BN's own epsilon, PyTorch's batch_norm kernel (fused); torchvision's published FPN file: 0, unfused
     "frozen_bn": {"eps": None, "fused": None},
     "min_size": [600],
@@ -70,6 +73,9 @@ MODEL_DEFAULTS: dict[str, Any] = {
         "score_thresh": 0.05, "nms_thresh": 0.3, "detections_per_image": 100, "dropout": 0.5,
         "min_box_size": 0.0,  # detections narrower or lower than this are dropped (torchvision: 0.01; detectron2: 0)
         "fc_dim": 1024, "level_assignment": "detectron2", "canonical_box_size": 224, "canonical_level": 4,  # FPN
+        # the FPN box head: `num_conv` 3x3 convolutions of `conv_dim` channels, each followed by `head_norm`, then
+        # `num_fc` fully connected layers (detectron2's GroupNorm recipes: 4 convolutions, 1 layer, gn)
+        "num_conv": 0, "conv_dim": 256, "num_fc": 2, "head_norm": "none",
     },
 }
 
@@ -89,6 +95,9 @@ MODEL_LIMITS = {
     "roi.score_thresh": FRACTION, "roi.nms_thresh": FRACTION, "roi.detections_per_image": "[1, inf)",
     "roi.dropout": "[0, 1)", "roi.min_box_size": NON_NEGATIVE, "roi.fc_dim": "[1, inf)",
     "roi.canonical_box_size": POSITIVE, "roi.canonical_level": "[1, inf)", "fpn.out_channels": "[1, inf)",
+    "roi.num_conv": NON_NEGATIVE, "roi.conv_dim": "[1, inf)", "roi.num_fc": "[1, inf)",
+    "norm": "{frozen_bn, bn, syncbn, gn}", "fpn.norm": "{none, bn, syncbn, gn}",
+    "roi.head_norm": "{none, bn, syncbn, gn}",
     "frozen_bn.eps": NON_NEGATIVE, "head": "{c4, fpn}", "channel_order": "{RGB, BGR}",
     "resize_rounding": "{round, floor}", "pixel_range": "{1, 255}", "roi.pooler": "{roialign, roipool}",
     "roi.level_assignment": "{detectron2, torchvision}",
@@ -108,6 +117,35 @@ def _load_classifier(m: DictConfig | dict, weights: WeightFile | None) -> nn.Mod
         check_input_format(weights.source, weights.input_format, m)
         backbones.load_weights(classifier, weights, arch=m["backbone"], skip_prefixes=model_head_prefixes(classifier))
     return classifier
+
+
+# the norm of a detector trained from scratch when nothing says otherwise (`resolve_start`); chosen from the
+# measurements in docs/benchmarks.md ("Training from scratch")
+SCRATCH_NORM = "bn"
+PRETRAINED_FREEZE_AT = 2
+
+
+def resolve_start(cfg: DictConfig | dict, weights: WeightFile | None) -> None:
+    """Fill `model.norm` / `model.freeze_at` left unset (None) in place, by where training starts. From weights:
+    frozen BN and the first two stages frozen (the paper's and both libraries' fine-tuning; a detector of ours
+    keeps the norm it was trained with). From scratch: nothing frozen and `SCRATCH_NORM`, which trains."""
+    m = cfg["model"]
+    if m.get("norm") is None:
+        trained = weights.record["config"]["model"] if weights is not None and weights.is_detector else {}
+        m["norm"] = trained.get("norm", "frozen_bn") if weights is not None else SCRATCH_NORM
+    if m.get("freeze_at") is None:
+        m["freeze_at"] = PRETRAINED_FREEZE_AT if weights is not None else 0
+
+
+def describe_start(cfg: DictConfig | dict) -> str:
+    """One line on how a built detector's training starts: from which weights, what is frozen, which norm."""
+    m = cfg["model"]
+    frozen = f"the first {m['freeze_at']} stages frozen" if m["freeze_at"] else "every layer trains"
+    norm = "" if backbones.model_info(m["backbone"]).family == "vgg" else f", norm {m['norm']}"
+    if m["weights"]:
+        return f"starting from {m['weights']}: {frozen}{norm}"
+    return (f"no --weights: training from scratch (He-initialised convolutions): {frozen}{norm}"
+            + (" (a fixed identity: nothing normalises, set model.norm=bn or gn)" if m["norm"] == "frozen_bn" else ""))
 
 
 IMAGENET_INPUT = {"pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375],
@@ -147,6 +185,7 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
     if weights is None and m["weights"]:
         weights = backbones.read_weights(m["weights"])
     resolve_input_format(cfg, weights)
+    resolve_start(cfg, weights)
     if weights is not None and "frozen_bn" in weights.record:  # how the file's own library runs its frozen BN
         for key, value in weights.record["frozen_bn"].items():
             if m["frozen_bn"][key] is None:
@@ -155,15 +194,16 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
     rpn_cfg, roi = m["rpn"], m["roi"]
     if family in ("resnet", "plain") and m["head"] == "fpn":
         trunk = backbones.backbone_from_model(classifier, ["res2", "res3", "res4", "res5"], freeze_at=m["freeze_at"],
-                                              frozen_bn=True)
-        backbone: nn.Module = BackboneWithFPN(trunk, m["fpn"]["out_channels"])
+                                              norm=m["norm"])
+        backbone: nn.Module = BackboneWithFPN(trunk, m["fpn"]["out_channels"], m["fpn"]["norm"])
         levels = backbone.output_shape()
         rpn_features, roi_features = list(levels), list(levels)[:4]  # P6 only proposes
         resolution = roi["pooler_resolution"] or 7
-        box_head: nn.Module = FCBoxHead.fresh(m["fpn"]["out_channels"] * resolution**2, roi["fc_dim"])
+        box_head: nn.Module = FCBoxHead.fresh(m["fpn"]["out_channels"], resolution, roi["fc_dim"], roi["num_fc"],
+                                              roi["num_conv"], roi["conv_dim"], roi["head_norm"])
     elif family in ("resnet", "plain"):
         backbone, res5, head_shape = backbones.split_model(classifier, "res4", freeze_at=m["freeze_at"],
-                                                           frozen_bn=True)
+                                                           norm=m["norm"])
         rpn_features = roi_features = ["res4"]
         box_head = C4BoxHead(res5, head_shape.channels)
         resolution = roi["pooler_resolution"] or 14
@@ -171,7 +211,7 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
         last = classifier.stages()[-1].name
         backbone = backbones.backbone_from_model(classifier, [last], freeze_at=m["freeze_at"])
         rpn_features = roi_features = [last]
-        box_head = FCBoxHead(classifier.classifier[0], classifier.classifier[3], roi["dropout"])
+        box_head = FCBoxHead([classifier.classifier[0], classifier.classifier[3]], roi["dropout"])
         resolution = roi["pooler_resolution"] or 7
         if resolution != 7:
             raise UserError(f"{m['backbone']}: fc6 takes 7x7 regions; model.roi.pooler_resolution must be 7")
@@ -236,7 +276,9 @@ def detector_from_checkpoint(state: dict[str, Any], path: str | os.PathLike
         what = f"a {state['arch']} classifier checkpoint" if "arch" in state else "not a detector checkpoint"
         raise UserError(f"{path}: {what} (expected model_final.pth or a checkpoint of train_det.py)")
     cfg = state["config"]
-    cfg["model"]["weights"] = None  # the detector's own weights follow
+    saved = {"norm": "frozen_bn", **cfg["model"], "weights": None}  # saved before the norm was a choice: frozen BN
+    # keys added since the detector was saved take their defaults, which build what it had
+    cfg["model"] = OmegaConf.to_container(OmegaConf.merge(MODEL_DEFAULTS, saved))
     model = build_detector(cfg, len(state["class_names"]))
     weights = state.get("state_dict", state.get("model"))
     missing, unexpected = model.load_state_dict(weights, strict=False)

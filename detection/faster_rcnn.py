@@ -9,7 +9,7 @@ import copy
 import torch
 from torch import nn
 
-from backbones.layers import fold_frozen_batchnorm
+from backbones.layers import fold_frozen_batchnorm, freeze_batchnorm
 from detection.roi_heads import RoIHeads
 from detection.rpn import RegionProposalNetwork
 from detection.transform import DetectionTransform
@@ -39,15 +39,20 @@ class FasterRCNN(nn.Module):
             return {**rpn_losses, **roi_losses}
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
+    def training_stats(self) -> dict[str, torch.Tensor]:
+        """The last training step's sampling figures as device tensors: positive and negative anchors per image
+        (RPN), foreground fraction and classification accuracy of the sampled RoIs (see `sample_statistics`)."""
+        return {**self.rpn.stats, **self.roi_heads.stats}
+
 
 def inference_copy(model: FasterRCNN, channels_last: bool = True, compile: bool = False) -> FasterRCNN:
-    """A copy of a detector made for inference: every frozen BN folded into its convolution (one pass over the
-    activations instead of two) and, with `channels_last`, weights and images in NHWC memory format, which
-    oneDNN's CPU convolutions and cuDNN's tensor cores prefer. `compile` puts the backbone and the box head (the
-    convolutions; not the proposal and NMS steps, whose sizes depend on the data) under `torch.compile` with
-    dynamic image sizes. The same detections up to float rounding; the copy has no BN buffers, so train and
-    save the original."""
-    fast = fold_frozen_batchnorm(copy.deepcopy(model).eval())
+    """A copy of a detector made for inference: every BN (frozen, or trained: its running statistics) folded into
+    its convolution (one pass over the activations instead of two) and, with `channels_last`, weights and images
+    in NHWC memory format, which oneDNN's CPU convolutions and cuDNN's tensor cores prefer. `compile` puts the
+    backbone and the box head (the convolutions; not the proposal and NMS steps, whose sizes depend on the data)
+    under `torch.compile` with dynamic image sizes. The same detections up to float rounding; the copy has no BN
+    buffers, so train and save the original."""
+    fast = fold_frozen_batchnorm(freeze_batchnorm(copy.deepcopy(model).eval()))
     if channels_last:
         fast.to(memory_format=torch.channels_last)
         fast.channels_last = True

@@ -7,12 +7,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 
 from detection.data.common import DetectionDataset, collate_detection
 from detection.evaluation.evaluator import evaluate_detections
 from detection.faster_rcnn import FasterRCNN, inference_copy
-from engine.distributed import all_gather_object, get_rank, get_world_size
+from detection.transform import DetectionTransform
+from engine.distributed import all_gather_object, all_reduce, get_rank, get_world_size
 from engine.logs import progress_bar
 from engine.precision import autocast
 from engine.sampler import SeededDataset, ShardSampler
@@ -40,6 +43,43 @@ def run_inference(model: FasterRCNN, dataset: DetectionDataset, device: torch.de
     for part in all_gather_object(mine):
         merged.update(part)
     return merged
+
+
+@torch.no_grad()
+def validation_losses(model: FasterRCNN, dataset: DetectionDataset, device: torch.device, batch_size: int = 2,
+                      workers: int = 2, amp: str = "none", seed: int = 0) -> dict[str, float]:
+    """The training losses of `model` on an evaluation set, image-weighted means over every process: `loss` (their
+    sum) and each term. Computed as training computes them (anchor and RoI sampling, ground truth added to the
+    proposals) at the test size, with normalisation and dropout in inference mode (statistics are not updated)
+    and the sampling drawn from `seed`, so that two evaluations differ only by the weights and the run's own
+    random stream is not touched. `model` is left in the mode it was in."""
+    was_training = model.training
+    model.train()
+    for module in model.modules():
+        if isinstance(module, (_BatchNorm, nn.Dropout, DetectionTransform)):
+            module.eval()  # running statistics, no dropout, the test size
+    view = dataset.without_augmentation()
+    loader = DataLoader(SeededDataset(view), batch_sampler=ShardSampler(len(view), batch_size, get_rank(),
+                                                                        get_world_size()),
+                        num_workers=workers, collate_fn=collate_detection, generator=torch.Generator())
+    totals: dict[str, torch.Tensor] = {}
+    images_seen = torch.zeros((), device=device)
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for images, targets in loader:
+                targets = [{**t, "boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+                with autocast(device, amp):
+                    losses = model([im.to(device, non_blocking=True) for im in images], targets)
+                for name, value in losses.items():
+                    totals[name] = totals.get(name, 0.0) + value.float() * len(images)
+                images_seen += len(images)
+    finally:
+        model.train(was_training)
+    names = sorted(totals)
+    sums = all_reduce(torch.stack([totals[n] for n in names] + [images_seen]), "sum").tolist()
+    means = {name: total / max(sums[-1], 1.0) for name, total in zip(names, sums, strict=False)}
+    return {"loss": sum(means.values()), **means}
 
 
 def default_metrics(dataset_name: str) -> list[str]:

@@ -4,11 +4,14 @@ regressor, their losses, and test-time post-processing."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import box_iou, roi_align, roi_pool
 
+from backbones.layers import make_norm
 from detection.box_coder import BoxCoder
 from detection.matcher import Matcher
 from detection.ops import grouped_nms
@@ -87,26 +90,45 @@ class C4BoxHead(nn.Module):
 
 
 class FCBoxHead(nn.Module):
-    """Two fully connected layers on the flattened pooled regions: VGG-16's fc6 and fc7 (initialised from the
-    ImageNet classifier, dropout 0.5) on 7x7 conv5_3 regions, or the FPN detector's 2 x 1024 head."""
+    """Optional 3x3 convolutions (each with its norm and ReLU) on the pooled regions, then fully connected layers
+    `fc6`, `fc7`, ... with ReLU: VGG-16's fc6 and fc7 (initialised from the ImageNet classifier, dropout 0.5) on
+    7x7 conv5_3 regions, the FPN detector's 2 x 1024 head, or detectron2's "4conv1fc" head of its GroupNorm
+    recipes."""
 
-    def __init__(self, fc6: nn.Linear, fc7: nn.Linear, dropout: float = 0.5) -> None:
+    def __init__(self, fcs: Sequence[nn.Linear], dropout: float = 0.5, convs: Sequence[nn.Module] = ()) -> None:
         super().__init__()
-        self.fc6, self.fc7, self.dropout = fc6, fc7, nn.Dropout(dropout)
-        self.out_features = fc7.out_features
+        self.convs = nn.Sequential(*convs)  # empty: no state-dict keys
+        self.fc_names = [f"fc{6 + i}" for i in range(len(fcs))]
+        for name, fc in zip(self.fc_names, fcs, strict=True):
+            self.add_module(name, fc)
+        self.dropout = nn.Dropout(dropout)
+        self.out_features = fcs[-1].out_features
 
     @classmethod
-    def fresh(cls, in_features: int, fc_dim: int) -> FCBoxHead:
-        """Newly initialised layers (detectron2's c2_xavier_fill: Kaiming-uniform with a = 1, zero bias)."""
-        fc6, fc7 = nn.Linear(in_features, fc_dim), nn.Linear(fc_dim, fc_dim)
-        for layer in (fc6, fc7):
+    def fresh(cls, in_channels: int, resolution: int, fc_dim: int, num_fc: int = 2, num_conv: int = 0,
+              conv_dim: int = 256, norm: str = "none") -> FCBoxHead:
+        """Newly initialised layers (detectron2's c2_msra_fill for the convolutions, c2_xavier_fill for the fully
+        connected ones: Kaiming-uniform with a = 1, zero bias)."""
+        convs = []
+        for i in range(num_conv):
+            layer = make_norm(norm, conv_dim)
+            conv = nn.Conv2d(in_channels if i == 0 else conv_dim, conv_dim, 3, padding=1, bias=layer is None)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+            convs.append(nn.Sequential(conv, *([layer] if layer is not None else []), nn.ReLU(inplace=True)))
+        width = (conv_dim if num_conv else in_channels) * resolution**2
+        fcs = [nn.Linear(width if i == 0 else fc_dim, fc_dim) for i in range(num_fc)]
+        for layer in fcs:
             nn.init.kaiming_uniform_(layer.weight, a=1)
             nn.init.zeros_(layer.bias)
-        return cls(fc6, fc7, dropout=0.0)
+        return cls(fcs, dropout=0.0, convs=convs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(F.relu(self.fc6(x.flatten(1))))
-        return self.dropout(F.relu(self.fc7(x)))
+        x = self.convs(x).flatten(1)
+        for name in self.fc_names:
+            x = self.dropout(F.relu(getattr(self, name)(x)))
+        return x
 
 
 class FastRCNNPredictor(nn.Module):
@@ -123,6 +145,18 @@ class FastRCNNPredictor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cls_score(x), self.bbox_pred(x)
+
+
+@torch.no_grad()
+def sample_statistics(class_logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What detectron2 logs of the RoI head as it trains, over the sampled RoIs that count (label >= 0), as device
+    tensors (no host sync): the foreground fraction, the classification accuracy, and that accuracy on the
+    foreground RoIs (0 when there are none)."""
+    counted, foreground = labels >= 0, labels > 0
+    correct = class_logits.argmax(dim=1) == labels
+    total, num_fg = counted.sum().clamp(min=1), foreground.sum()
+    return {"roi_fg_fraction": num_fg / total, "roi_accuracy": (correct & counted).sum() / total,
+            "roi_fg_accuracy": (correct & foreground).sum() / num_fg.clamp(min=1)}
 
 
 class RoIHeads(nn.Module):
@@ -143,6 +177,7 @@ class RoIHeads(nn.Module):
         self.proposal_append_gt, self.smooth_l1_beta = proposal_append_gt, smooth_l1_beta
         self.score_thresh, self.nms_thresh, self.detections_per_image = score_thresh, nms_thresh, detections_per_image
         self.min_box_size = min_box_size  # 0: keep boxes clipped to nothing (detectron2); torchvision drops < 0.01 px
+        self.stats: dict[str, torch.Tensor] = {}  # the last training step's sampling figures (`sample_statistics`)
 
     @torch.no_grad()
     def sample(self, proposals: list[torch.Tensor], targets: list[dict]
@@ -176,6 +211,7 @@ class RoIHeads(nn.Module):
         x = self.box_head(self.pooler(features, proposals))
         class_logits, box_deltas = self.predictor(x)
         if self.training:
+            self.stats = sample_statistics(class_logits.detach(), labels)
             return [], self.losses(class_logits, box_deltas, torch.cat(proposals), labels, gt_boxes)
         return self.inference(class_logits, box_deltas, proposals, image_sizes), {}
 

@@ -67,6 +67,8 @@ class RegionProposalNetwork(nn.Module):
         self.nms_thresh, self.min_box_size, self.allowed_border = nms_thresh, min_box_size, allowed_border
         self.nms_on_probabilities = nms_on_probabilities
         self.smooth_l1_beta, self.loss_weight = smooth_l1_beta, loss_weight
+        # the last training step's positive and negative sampled anchors per image, as detectron2 logs them
+        self.stats: dict[str, torch.Tensor] = {}
 
     def forward(self, images: ImageList, features: torch.Tensor | list[torch.Tensor],
                 targets: list[dict] | None = None) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
@@ -156,6 +158,8 @@ class RegionProposalNetwork(nn.Module):
             matched.append(gt[matches[idx]] if len(gt) else anchors[idx])
         idx, valid, labels_t = torch.stack(picked), torch.stack(counts), torch.stack(labels)
         positive = valid & (labels_t == 1)
+        self.stats = {"rpn_pos_anchors": positive.sum() / len(targets),
+                      "rpn_neg_anchors": (valid & (labels_t == 0)).sum() / len(targets)}
         normalizer = self.batch_size_per_image * len(targets)
         objectness = F.binary_cross_entropy_with_logits(logits.gather(1, idx), (labels_t == 1).to(logits.dtype),
                                                         reduction="none")

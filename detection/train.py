@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,13 @@ from detection.build import (
     NON_NEGATIVE,
     POSITIVE,
     build_detector,
+    describe_start,
     detector_checkpoint,
 )
 from detection.data.catalog import build_detection_dataset
 from detection.data.common import DetectionDataset, collate_detection, load_image
 from detection.data.transforms import DetectionAugmentation
-from detection.inference import default_metrics, flat_metrics, run_inference, score
+from detection.inference import default_metrics, flat_metrics, run_inference, score, validation_losses
 from detection.visualize import draw_detections, save_image
 from engine.checkpoint import save_checkpoint
 from engine.config import to_dict
@@ -49,8 +49,10 @@ DEFAULTS: dict[str, Any] = {
                "max_iter": 80000, "steps": [60000], "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.001,
                "warmup_method": "linear", "clip_grad_norm": 0.0},
     "train": {"seed": 0, "device": "auto", "amp": "none", "log_period": 20, "eval_period": 0,
-              "checkpoint_period": 5000, "keep_checkpoints": 2, "progress": True},
-    "test": {"metrics": None, "batch_size": 2, "backend": "pycocotools", "vis_images": 4, "vis_score_thresh": 0.5},
+              "checkpoint_period": 5000, "keep_checkpoints": 2, "progress": True,
+              "patience": 0},  # stop after this many evaluations without a new best (0: never); keeps model_best
+    "test": {"metrics": None, "batch_size": 2, "backend": "pycocotools", "vis_images": 4, "vis_score_thresh": 0.5,
+             "val_loss": True},  # the training losses on the evaluation set at each evaluation
 }
 OPEN_KEYS = ("model.backbone_options",)
 LIMITS = {**{f"model.{k}": v for k, v in MODEL_LIMITS.items()},
@@ -59,7 +61,7 @@ LIMITS = {**{f"model.{k}": v for k, v in MODEL_LIMITS.items()},
           "solver.weight_decay": NON_NEGATIVE, "solver.max_iter": "[1, inf)", "solver.steps": "[1, inf)",
           "solver.gamma": POSITIVE, "solver.warmup_iters": NON_NEGATIVE, "solver.warmup_factor": FRACTION,
           "solver.clip_grad_norm": NON_NEGATIVE, "train.log_period": "[1, inf)", "train.eval_period": NON_NEGATIVE,
-          "train.checkpoint_period": "[1, inf)", "train.keep_checkpoints": "[1, inf)",
+          "train.checkpoint_period": "[1, inf)", "train.keep_checkpoints": "[1, inf)", "train.patience": NON_NEGATIVE,
           "test.batch_size": "[1, inf)", "test.vis_images": NON_NEGATIVE, "test.vis_score_thresh": FRACTION,
           "train.amp": "{none, bf16, fp16}", "test.backend": "{pycocotools, faster_coco_eval}",
           "solver.warmup_method": "{constant, linear}"}
@@ -116,10 +118,8 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
     category_ids = list(getattr(train_set, "label_to_category", {}).values()) or None
     logger.info(f"training set: {len(train_set)} images, {len(class_names)} classes ({', '.join(class_names)}); "
                 + (f"evaluation set: {len(val_set)} images" if val_set is not None else "no evaluation set"))
-    if not cfg.model.weights and dist.is_main:
-        warnings.warn("no --weights: the backbone starts from random initialisation (training from scratch)",
-                      stacklevel=3)
     model = build_detector(cfg, num_classes=len(class_names)).to(dist.device)
+    logger.info(describe_start(cfg))
     train_model: nn.Module = model
     if dist.world_size > 1:
         ids = [dist.device.index] if dist.device.type == "cuda" else None
@@ -144,11 +144,13 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
         images, targets = batch
         images = [im.to(dist.device, non_blocking=True) for im in images]
         targets = [{**t, "boxes": t["boxes"].to(dist.device), "labels": t["labels"].to(dist.device)} for t in targets]
-        return net(images, targets), {}
+        return net(images, targets), model.training_stats()
 
     last_results: dict[str, Any] = {}
 
     def evaluate(module: nn.Module) -> dict[str, float]:
+        losses = validation_losses(module, val_set, dist.device, cfg.test.batch_size, cfg.data.workers,
+                                   cfg.train.amp, cfg.train.seed) if cfg.test.val_loss else {}
         detections = run_inference(module, val_set, dist.device, cfg.test.batch_size, cfg.data.workers,
                                    cfg.train.amp, cfg.train.progress)
         if not dist.is_main:
@@ -156,7 +158,7 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
         last_results.clear()
         last_results.update(score(detections, val_set, metrics_names, output_dir, cfg.test.backend))
         last_results["_detections"] = detections
-        return flat_metrics({k: v for k, v in last_results.items() if not k.startswith("_")})
+        return {**flat_metrics({k: v for k, v in last_results.items() if not k.startswith("_")}), **losses}
 
     def final_state() -> dict[str, Any]:
         return detector_checkpoint(model, cfg, class_names, category_ids)
@@ -166,7 +168,8 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
                              amp=cfg.train.amp, log_period=cfg.train.log_period, eval_period=cfg.train.eval_period,
                              checkpoint_period=cfg.train.checkpoint_period, progress=cfg.train.progress,
                              keep_checkpoints=cfg.train.keep_checkpoints, clip_grad_norm=solver.clip_grad_norm,
-                             best_metric=primary_metric(metrics_names) if periodic else None)
+                             best_metric=primary_metric(metrics_names) if periodic else None,
+                             patience=cfg.train.patience)
     writer = MetricWriter(output_dir, enabled=dist.is_main)
     trainer = Trainer(train_model, optimizer, schedule, make_batches, step, options, dist,
                       evaluate=evaluate if val_set is not None else None, writer=writer,
@@ -181,10 +184,12 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
         summary = {"iterations": trainer.iteration, **results}
         if trainer.best is not None:
             summary["best"] = {**trainer.best, "checkpoint": "model_best.pth"}
+        if trainer.stopped_early is not None:
+            summary["stopped_early"] = {"iteration": trainer.stopped_early, "patience": cfg.train.patience}
         (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         records = read_metrics(output_dir)
-        plot_curves({"train": records}, output_dir / "loss.png", key="loss", ylabel="total loss",
-                    splits=("train",), title="training loss")
+        plot_curves({"loss": records}, output_dir / "loss.png", key="loss", ylabel="total loss",
+                    title="training loss (dashed) and validation loss")
         if val_set is not None:
             for metric in metrics_names:
                 key = "coco_AP" if metric == "coco" else f"{metric}_mAP"

@@ -109,6 +109,8 @@ def load_detector_weights(model: FasterRCNN, weights: WeightFile, model_cfg: Any
         state = heads_state_dict(weights)
         scope = tuple({".".join(k.split(".")[:2]) + "." for k in state})  # the parts the file brings
     expected = {k: v for k, v in model.state_dict().items() if k.startswith(scope)}
+    # BN that trained in the file and is frozen here (stages frozen for fine-tuning) brings a counter frozen BN has not
+    state = {k: v for k, v in state.items() if k in expected or not k.endswith(".num_batches_tracked")}
     file_classes = state.get(PREDICTOR + "cls_score.weight")
     model_classes = expected[PREDICTOR + "cls_score.weight"]
     if file_classes is not None and file_classes.shape != model_classes.shape:

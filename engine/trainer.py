@@ -66,6 +66,7 @@ class TrainerOptions:
     progress: bool = True
     best_metric: str | None = None  # an evaluation key: the best evaluation so far is kept (`save_best`)
     best_mode: str = "max"  # "max" for AP, "min" for an error
+    patience: int = 0  # stop after this many evaluations without a new best `best_metric` (0: never)
 
 
 logger = get_logger("trainer")
@@ -119,7 +120,12 @@ class Trainer:
         self.save_best_fn = save_best
         if options.best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be max or min, got {options.best_mode!r}")
+        if options.patience and (options.best_metric is None or not options.eval_period):
+            raise UserError("train.patience counts evaluations without a new best: it needs train.eval_period > 0 "
+                            "and an evaluation set")
         self.best: dict[str, Any] | None = None  # {"metric", "value", "iteration"} of the best evaluation
+        self.evals_without_best = 0
+        self.stopped_early: int | None = None  # the iteration at which patience ran out
         self.writer = writer or MetricWriter(options.output_dir, enabled=False)
         self.scaler = torch.amp.GradScaler(dist.device.type, enabled=options.amp == "fp16"
                                            and dist.device.type == "cuda")
@@ -135,6 +141,7 @@ class Trainer:
         return {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "rng": rng_states[0], "rng_per_rank": rng_states, "best": self.best,
+                "evals_without_best": self.evals_without_best, "stopped_early": self.stopped_early,
                 **self.checkpoint_extra()}
 
     def save(self) -> Path | None:
@@ -176,6 +183,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.best = state.get("best")
+        self.evals_without_best = int(state.get("evals_without_best", 0))
+        self.stopped_early = state.get("stopped_early")
         per_rank = state.get("rng_per_rank") or [state["rng"]]
         if len(per_rank) != self.dist.world_size and self.dist.is_main:
             warnings.warn(f"{path}: saved by {len(per_rank)} process(es), resumed by {self.dist.world_size}: the "
@@ -250,6 +259,12 @@ class Trainer:
         self.last_eval = metrics
         return metrics
 
+    def _out_of_patience(self) -> bool:
+        """Whether the last `patience` evaluations brought no new best; decided by the process that evaluates (the
+        others get no metrics) and shared, so that every process stops at the same iteration."""
+        out = torch.tensor(int(self.evals_without_best >= self.options.patience), device=self.dist.device)
+        return bool(all_reduce(out, "max").item())
+
     def _track_best(self, metrics: Mapping[str, float]) -> None:
         name = self.options.best_metric
         if name is None or metrics.get(name) is None:
@@ -257,7 +272,9 @@ class Trainer:
         value = float(metrics[name])
         if self.best is not None and self.best["metric"] == name and not (
                 value > self.best["value"] if self.options.best_mode == "max" else value < self.best["value"]):
+            self.evals_without_best += 1
             return
+        self.evals_without_best = 0
         self.best = {"metric": name, "value": value, "iteration": self.iteration}
         if self.save_best_fn is not None and self.dist.is_main:
             self.save_best_fn()
@@ -265,7 +282,7 @@ class Trainer:
 
     def train(self) -> dict[str, float]:
         opts = self.options
-        if self.iteration >= opts.max_iter:
+        if self.iteration >= opts.max_iter or self.stopped_early is not None:
             return self.last_eval or self.run_eval(feed_schedule=False)
         self.model.train()
         batches = iter(self.make_batches(self.iteration))
@@ -305,8 +322,17 @@ class Trainer:
                     self._check_finite()
                     self.run_eval()
                     clock = time.perf_counter()  # evaluation time is not training time
-                if self.iteration % opts.checkpoint_period == 0 or self.iteration == opts.max_iter:
+                    if opts.patience and self._out_of_patience():
+                        self.stopped_early = self.iteration
+                if (self.iteration % opts.checkpoint_period == 0 or self.iteration == opts.max_iter
+                        or self.stopped_early is not None):
                     self.save()
+                if self.stopped_early is not None:
+                    if self.dist.is_main:
+                        logger.info(f"stopping early at iteration {self.iteration}: no new best {opts.best_metric} in "
+                                    f"{opts.patience} evaluations (train.patience); the best, {self.best['value']:.4g} "
+                                    f"at iteration {self.best['iteration']}, is kept")
+                    return self.last_eval
         finally:
             bar.close()
         self._check_finite()

@@ -129,7 +129,7 @@ def test_frozen_batchnorm_equals_batchnorm_in_eval_and_never_changes():
     assert list(frozen.parameters()) == []
     frozen.load_state_dict(bn.state_dict())  # BN's keys (num_batches_tracked included) load as they are
 
-    backbone = backbones.build_backbone("resnet18", ["res4"], frozen_bn=True, width=8).train()
+    backbone = backbones.build_backbone("resnet18", ["res4"], norm="frozen_bn", width=8).train()
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     opt = torch.optim.SGD([p for p in backbone.parameters() if p.requires_grad], lr=0.1)
@@ -158,7 +158,7 @@ def test_freeze_at_stops_gradients_and_statistics_of_the_first_stages():
 
 def test_c4_split_trunk_at_stride_16_and_res5_head_per_region():
     model = backbones.build_model("resnet101", width=8)
-    trunk, head, head_shape = backbones.split_model(model, "res4", freeze_at=2, frozen_bn=True)
+    trunk, head, head_shape = backbones.split_model(model, "res4", freeze_at=2, norm="frozen_bn")
     feats = trunk(torch.randn(1, 3, 64, 64))
     assert list(feats) == ["res4"] and feats["res4"].shape == (1, 32 * 4, 4, 4)
     assert trunk.output_shape()["res4"].stride == 16

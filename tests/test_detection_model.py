@@ -154,7 +154,7 @@ def test_every_imagenet_backbone_trains_a_step_and_predicts_in_original_coordina
 
 
 def test_frozen_parts_get_no_gradient_and_frozen_bn_statistics_stay():
-    model = build_detector(small_cfg("resnet50"), num_classes=3).train()
+    model = build_detector(small_cfg("resnet50", norm="frozen_bn", freeze_at=2), num_classes=3).train()
     stem, res2 = model.backbone.stages["stem"], model.backbone.stages["res2"]
     assert all(not p.requires_grad for p in [*stem.parameters(), *res2.parameters()])
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -272,21 +272,23 @@ def test_folding_a_frozen_bn_into_its_convolution_by_hand():
     assert folded(x).flatten().tolist() == [-2.0, -11.0, -4.0, -1.0]
 
 
-@pytest.mark.parametrize("backbone,head", [("resnet18", "c4"), ("resnet50", "c4"), ("resnet18", "fpn")])
-def test_the_inference_copy_detects_what_the_model_detects(backbone, head):
+@pytest.mark.parametrize("backbone,head,norm", [("resnet18", "c4", "frozen_bn"), ("resnet50", "c4", "frozen_bn"),
+                                               ("resnet18", "fpn", "frozen_bn"), ("resnet18", "c4", "bn")])
+def test_the_inference_copy_detects_what_the_model_detects(backbone, head, norm):
     sizes = [16, 32, 64] if head == "c4" else [8, 16, 32, 64, 128]
-    model = build_detector(small_cfg(backbone, head=head, anchor_sizes=sizes), num_classes=3).eval()
+    cfg = small_cfg(backbone, head=head, anchor_sizes=sizes, norm=norm)
+    model = build_detector(cfg, num_classes=3).eval()
     image = torch.rand(3, 80, 120, generator=torch.Generator().manual_seed(0))
+    norm_type = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d  # trained BN: its running statistics
     with torch.no_grad():
-        calibrate_frozen_batchnorm(model, lambda: model([image]))
+        calibrate_frozen_batchnorm(model, lambda: model([image]), bn_types=(norm_type,))
         expected = model([image])[0]
     fast = inference_copy(model)
     with torch.inference_mode():
         got = fast([image])[0]
-    frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
-    assert frozen and not any(isinstance(m, FrozenBatchNorm2d) for m in fast.modules())  # all folded
+    norms = [m for m in model.modules() if isinstance(m, norm_type)]
+    assert norms and not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in fast.modules())  # folded
     assert len(expected["boxes"]) > 5 and got["labels"].tolist() == expected["labels"].tolist()
     torch.testing.assert_close(got["boxes"], expected["boxes"], rtol=0, atol=1e-3)
     torch.testing.assert_close(got["scores"], expected["scores"], rtol=0, atol=1e-5)
-    assert model.state_dict().keys() == build_detector(small_cfg(backbone, head=head, anchor_sizes=sizes),
-                                                       3).state_dict().keys()  # the original keeps its BN
+    assert model.state_dict().keys() == build_detector(cfg, 3).state_dict().keys()  # the original keeps its BN

@@ -37,10 +37,11 @@ def _train(out, shapes, *extra, backbone="resnet18"):
 @pytest.mark.parametrize("backbone,extra", [("resnet18", []),
                                             ("vgg16", ["model.backbone_options={width: 4, hidden: 32}",
                                                        "model.roi.pooler=roipool"])])
-def test_train_det_cli_runs_and_leaves_its_outputs(tmp_path, shapes, backbone, extra):
+def test_train_det_cli_runs_and_leaves_its_outputs(tmp_path, shapes, backbone, extra, capsys):
     out = tmp_path / backbone
-    with pytest.warns(UserWarning, match="training from scratch"):
-        assert _train(out, shapes, *extra, backbone=backbone) == 0
+    assert _train(out, shapes, *extra, backbone=backbone) == 0
+    assert "no --weights: training from scratch (He-initialised convolutions): every layer trains" in (
+        capsys.readouterr().out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 3 and set(metrics) >= {"voc07", "coco"}
     for name in ("model_final.pth", "loss.png", "voc07_mAP.png", "coco_results.json", "config.yaml"):

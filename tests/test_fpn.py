@@ -210,7 +210,8 @@ def test_two_plus_two_iterations_with_grouping_equal_four(tmp_path, capsys):
 def test_an_fpn_detector_exports_to_onnx_with_the_same_detections(tmp_path, capsys):
     cfg = {"model": copy.deepcopy(MODEL_DEFAULTS)}
     cfg["model"].update(backbone="resnet18", backbone_options={"width": 8}, head="fpn", min_size=[96],
-                        max_size=160, anchor_sizes=[16, 32, 64, 128, 256], fpn={"out_channels": 16})
+                        max_size=160, anchor_sizes=[16, 32, 64, 128, 256])
+    cfg["model"]["fpn"].update(out_channels=16)
     cfg["model"]["roi"].update(pooler="roialign", fc_dim=32)
     cfg["model"]["rpn"].update(min_box_size=0.0)
     torch.manual_seed(0)

@@ -232,7 +232,10 @@ def test_fine_tuning_a_detector_on_other_classes_keeps_all_but_its_class_layer(s
     cfg["model"]["weights"] = str(source / "model_final.pth")
     start = build_detector(cfg, 1).state_dict()
     for key, value in src["state_dict"].items():
-        if key.startswith("roi_heads.predictor."):
+        if key not in start:  # the source trained from scratch (BN); its first stages are frozen BN here
+            assert key.endswith(".num_batches_tracked") and key.startswith(("backbone.stages.stem.",
+                                                                             "backbone.stages.res2."))
+        elif key.startswith("roi_heads.predictor."):
             assert start[key].shape != value.shape
         else:
             assert torch.equal(start[key], value), key
@@ -359,8 +362,10 @@ def test_predict_tool_on_a_folder_a_glob_and_a_video(detector, shapes, tmp_path,
     Image.open(shapes / "val" / "000002.png").convert("RGB").save(photos / "a.jpg")
     shutil.copy(shapes / "val" / "000003.png", photos / "sub" / "b.png")
     out = tmp_path / "pred"
+    # one image a batch, as the Predictor runs: a batch pads its images to one size, which moves the detections
+    # near the padded border a little (BN shifts the padding's zeros)
     assert run_cli(predict.main, ["--checkpoint", str(detector), "--input", str(photos), "--output", str(out),
-                                  "--score-thresh", "0", "--batch-size", "2", "--no-progress"]) == 0
+                                  "--score-thresh", "0", "--batch-size", "1", "--no-progress"]) == 0
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*") if p.suffix != ".json") == [
         "a.jpg", "a.png", "sub/b.png"]
     assert Image.open(out / "a.jpg").format == "JPEG" and Image.open(out / "a.png").format == "PNG"

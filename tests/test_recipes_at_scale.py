@@ -378,7 +378,8 @@ def test_a_detector_training_step_waits_for_the_device_only_where_it_must(monkey
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(owner, name, counted)
-    levels = {"anchor_sizes": [16, 32, 64, 128, 256], "fpn": {"out_channels": 16}} if head == "fpn" else {}
+    levels = {"anchor_sizes": [16, 32, 64, 128, 256], "fpn": {**MODEL_DEFAULTS["fpn"], "out_channels": 16}} if (
+        head == "fpn") else {}
     model = tiny_detector(head=head, min_size=[96, 112], **levels).train()
     images = [torch.rand(3, 96, 128), torch.rand(3, 100, 90)]
     targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])},

@@ -26,18 +26,15 @@ if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without
 
 from collections.abc import Sequence
 
-from detection.data.catalog import DATASETS, parse_class_names
+from detection.data.catalog import DATA_FLAG_KEYS, add_data_arguments
 from detection.inference import flat_metrics
 from detection.train import DEFAULTS, LIMITS, OPEN_KEYS, RESUME_MAY_CHANGE, train_detector
 from engine.cli import ToolParser, add_recipe_arguments, run_cli, run_config
 from engine.logs import get_logger
 from engine.precision import AMP_CHOICES
 
-FLAG_KEYS = {"backbone": "model.backbone", "weights": "model.weights", "dataset": "data.dataset",
-             "data": "data.root", "train_ann": "data.train_ann", "train_images": "data.train_images",
-             "val_ann": "data.val_ann", "val_images": "data.val_images", "train_split": "data.train_split",
-             "val_split": "data.val_split", "classes": "data.classes",
-             "ignore_unknown_classes": "data.ignore_unknown_classes", "workers": "data.workers",
+FLAG_KEYS = {"backbone": "model.backbone", "weights": "model.weights",
+             **{flag: f"data.{key}" for flag, key in DATA_FLAG_KEYS.items()}, "workers": "data.workers",
              "max_iter": "solver.max_iter", "ims_per_batch": "solver.ims_per_batch", "accumulate": "solver.accumulate",
              "lr": "solver.lr", "device": "train.device", "amp": "train.amp", "eval_period": "train.eval_period",
              "seed": "train.seed", "progress": "train.progress"}
@@ -48,20 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_recipe_arguments(parser, "detection", "coco_R101_C4")
     parser.add_argument("--output", required=True, help="run folder (must not hold another run unless --resume)")
     parser.add_argument("--backbone", help="registry name: resnet18..152, plain18/34, vgg16/19")
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, help="coco: a COCO json; voc: a VOC-layout folder of your own")
-    data.add_argument("--data", help="COCO root (annotations/, <split>/), a VOC-layout folder or the VOCdevkit")
-    data.add_argument("--train-ann", help="COCO json of the training set (any name)")
-    data.add_argument("--train-images", help="its image folder (default: the json's folder)")
-    data.add_argument("--val-ann", help="COCO json of the evaluation set")
-    data.add_argument("--val-images", help="its image folder (default: the json's folder)")
-    data.add_argument("--train-split", help="image list: a name in ImageSets/Main/ or a file (default trainval)")
-    data.add_argument("--val-split", help="image list for evaluation (default test)")
-    data.add_argument("--classes", help="VOC-layout data: a,b,c or a file with one name per line "
-                      "(default: the classes its training annotations use)")
-    data.add_argument("--ignore-unknown-classes", action="store_true", default=None,
-                      help="skip (and count) objects of other classes instead of stopping")
-    data.add_argument("--workers", type=int)
+    add_data_arguments(parser)
+    parser.add_argument("--workers", type=int)
     parser.add_argument("--weights", help="initialisation: ImageNet classifier weights (train_cls.py model_final.pth, "
                         "torchvision, timm, MSRA), or a whole detector (model_final.pth / model_best.pth of "
                         "train_det.py, detectron2 C4) to fine-tune")
@@ -80,7 +65,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. model.roi.batch_size_per_image=64")
     args = parser.parse_intermixed_args(argv)
-    args.classes = parse_class_names(args.classes)
     cfg = run_config(DEFAULTS, args, FLAG_KEYS, OPEN_KEYS, RESUME_MAY_CHANGE, LIMITS)
     results = train_detector(cfg, args.output, resume=args.resume)
     shown = "  ".join(f"{k} {v:.2f}" for k, v in flat_metrics(results).items()

@@ -10,6 +10,7 @@ evaluation set from the `data` section of a config (`detection.train.DEFAULTS["d
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,29 @@ DATASETS = ("coco", "shapes", CUSTOM_VOC, *VOC_SETS)
 DEFAULT_SPLITS = {"coco": ("train2017", "val2017"), "shapes": ("train", "val"), CUSTOM_VOC: ("trainval", "test"),
                   "voc07": ("trainval", "test"), "voc12": ("trainval", "val"), "voc0712": ("trainval", "test"),
                   "voc07++12": ("trainval", "test")}
+
+
+# the data flags the tools share (train_det.py, make_crops.py) -> keys of a config's `data` section
+DATA_FLAG_KEYS = {"dataset": "dataset", "data": "root", "train_ann": "train_ann", "train_images": "train_images",
+                  "val_ann": "val_ann", "val_images": "val_images", "train_split": "train_split",
+                  "val_split": "val_split", "classes": "classes", "ignore_unknown_classes": "ignore_unknown_classes"}
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that name a training set and its evaluation set (`DATA_FLAG_KEYS`), in a `data` group."""
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, help="coco: a COCO json; voc: a VOC-layout folder of your own")
+    data.add_argument("--data", help="COCO root (annotations/, <split>/), a VOC-layout folder or the VOCdevkit")
+    data.add_argument("--train-ann", help="COCO json of the training set (any name)")
+    data.add_argument("--train-images", help="its image folder (default: the json's folder)")
+    data.add_argument("--val-ann", help="COCO json of the evaluation set")
+    data.add_argument("--val-images", help="its image folder (default: the json's folder)")
+    data.add_argument("--train-split", help="image list: a name in ImageSets/Main/ or a file (default trainval)")
+    data.add_argument("--val-split", help="image list for evaluation (default test)")
+    data.add_argument("--classes", type=parse_class_names, help="VOC-layout data: a,b,c or a file with one name "
+                      "per line (default: the classes its training annotations use)")
+    data.add_argument("--ignore-unknown-classes", action="store_true", default=None,
+                      help="skip (and count) objects of other classes instead of stopping")
 
 
 def parse_class_names(value: str | Sequence[str] | None) -> list[str] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -90,6 +91,13 @@ class DetectionDataset(torch.utils.data.Dataset):
 
     def ground_truth(self) -> list[GroundTruth]:
         return self.records
+
+    def without_augmentation(self) -> DetectionDataset:
+        """This dataset's images with training targets (ignored objects left out) and no augmentation: what a
+        validation loss is computed on. A view: records and files are shared."""
+        view = copy.copy(self)
+        view.train, view.transform = True, None
+        return view
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
         rec = self.records[index]

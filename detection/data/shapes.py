@@ -16,6 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detection.data.coco import CocoDetection
+from detection.data.crops import write_crops
+
 SHAPE_CLASSES = ("ellipse", "rectangle", "triangle")
 
 
@@ -55,14 +58,6 @@ def _draw(rng: np.random.Generator, kind: int, h: int, w: int, min_size: int, ma
     if len(xs) < 16:
         return None
     return mask, [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union
 
 
 def place_objects(rng: np.random.Generator, img: np.ndarray, count: int, max_occlusion: float,
@@ -137,45 +132,17 @@ def make_shapes(out_dir: str | os.PathLike, num_train: int = 300, num_val: int =
 
 def make_crops(shapes_dir: str | os.PathLike, out_dir: str | os.PathLike, size: int = 64, context: float = 0.15,
                backgrounds_per_image: int = 1, seed: int = 0) -> dict[str, int]:
-    """An ImageNet-layout classification set cut from a shapes set: `<out>/<split>/<class>/*.png`.
-
-    Every object becomes a `size` x `size` crop of its box grown by `context`; `background` crops come from
-    regions that overlap no object. It is the embedded stand-in for ImageNet pre-training: a classifier
-    trained on it learns the features the detector then starts from. Returns the number of crops per split.
-    """
+    """An ImageNet-layout classification set cut from a shapes set (`detection.data.crops.write_crops`):
+    `<out>/<split>/<class>/*.png` for its train and val splits. It is the embedded stand-in for ImageNet
+    pre-training: a classifier trained on it learns the features the detector then starts from. Returns the
+    number of crops per split."""
     shapes_dir, out_dir = Path(shapes_dir), Path(out_dir)
     rng = np.random.default_rng(seed)
     counts = {}
     for split in ("train", "val"):
-        data = json.loads((shapes_dir / "annotations" / f"instances_{split}.json").read_text(encoding="utf-8"))
-        names = {c["id"]: c["name"] for c in data["categories"]}
-        for name in [*names.values(), "background"]:
-            (out_dir / split / name).mkdir(parents=True, exist_ok=True)
-        by_image: dict[int, list[dict]] = {}
-        for ann in data["annotations"]:
-            by_image.setdefault(ann["image_id"], []).append(ann)
-        n = 0
-        for img in data["images"]:
-            image = cv2.imread(str(shapes_dir / split / img["file_name"]))
-            h, w = image.shape[:2]
-            anns = by_image.get(img["id"], [])
-            boxes = [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                     for a in anns]
-            for ann, (x1, y1, x2, y2) in zip(anns, boxes, strict=True):
-                pad_x, pad_y = (x2 - x1) * context, (y2 - y1) * context
-                crop = image[max(0, int(y1 - pad_y)):min(h, int(y2 + pad_y) + 1),
-                             max(0, int(x1 - pad_x)):min(w, int(x2 + pad_x) + 1)]
-                cv2.imwrite(str(out_dir / split / names[ann["category_id"]] / f"{img['id']:06d}_{ann['id']}.png"),
-                            cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA))
-                n += 1
-            for k in range(backgrounds_per_image):
-                for _ in range(20):  # a few tries to find an empty region
-                    side = int(rng.uniform(0.15, 0.4) * min(h, w))
-                    x, y = int(rng.integers(0, w - side)), int(rng.integers(0, h - side))
-                    if all(_iou([x, y, x + side, y + side], b) < 0.05 for b in boxes):
-                        crop = cv2.resize(image[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
-                        cv2.imwrite(str(out_dir / split / "background" / f"{img['id']:06d}_{k}.png"), crop)
-                        n += 1
-                        break
-        counts[split] = n
+        dataset = CocoDetection(shapes_dir / "annotations" / f"instances_{split}.json", shapes_dir / split,
+                                train=True, keep_empty=True)
+        written = write_crops(dataset, out_dir / split, size=size, context=context,
+                              backgrounds_per_image=backgrounds_per_image, rng=rng)
+        counts[split] = sum(written.values())
     return counts
