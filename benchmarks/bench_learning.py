@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -243,7 +242,8 @@ def _d2_cfg(work: Work, head: str, num_classes: int, res5_channels: int):
     cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [work.aspect_ratios]
     cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3", "p4", "p5", "p6"] if fpn else ["res4"]
     cfg.MODEL.RPN.BATCH_SIZE_PER_IMAGE = work.rpn_batch
-    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN, cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = work.rpn_pre_nms_train, work.rpn_post_nms_train
+    cfg.MODEL.RPN.PRE_NMS_TOPK_TRAIN = work.rpn_pre_nms_train
+    cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = work.rpn_post_nms_train
     cfg.MODEL.RPN.PRE_NMS_TOPK_TEST, cfg.MODEL.RPN.POST_NMS_TOPK_TEST = work.rpn_pre_nms_test, work.rpn_post_nms_test
     cfg.MODEL.RPN.SMOOTH_L1_BETA = work.smooth_l1_beta
     cfg.MODEL.ROI_HEADS.NAME = "StandardROIHeads" if fpn else "Res5ROIHeads"
@@ -364,7 +364,7 @@ def train_and_evaluate(side: Side, batches, work: Work, val: ResizedSet) -> dict
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        losses_seen.append(float(total))
+        losses_seen.append(float(total.detach()))
     seconds_per_iter = (time.perf_counter() - start) / len(batches)
     side.model.eval()
     detections = {}
