@@ -121,7 +121,7 @@ def _load_classifier(m: DictConfig | dict, weights: WeightFile | None) -> nn.Mod
 
 # the norm of a detector trained from scratch when nothing says otherwise (`resolve_start`); chosen from the
 # measurements in docs/benchmarks.md ("Training from scratch")
-SCRATCH_NORM = "bn"
+SCRATCH_NORM = "gn"
 PRETRAINED_FREEZE_AT = 2
 
 
@@ -254,13 +254,17 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
 
 
 def detector_checkpoint(model: nn.Module, cfg: DictConfig | dict, class_names: list[str],
-                        category_ids: list[int] | None = None) -> dict[str, Any]:
+                        category_ids: list[int] | None = None,
+                        score_thresholds: dict[str, float | None] | None = None) -> dict[str, Any]:
     """What `load_detector` reads back: the config that builds the model, class names (and the dataset's
-    category id of each, for COCO-format results files) and weights."""
+    category id of each, for COCO-format results files), weights, and the per-class score threshold of best F1
+    on the evaluation set where training measured one (`Predictor(score_thresh="best")`)."""
     state = {"kind": "faster_rcnn", "config": to_dict(cfg), "class_names": list(class_names),
              "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     if category_ids is not None:
         state["category_ids"] = [int(c) for c in category_ids]
+    if score_thresholds is not None:
+        state["score_thresholds"] = {name: None if t is None else float(t) for name, t in score_thresholds.items()}
     return state
 
 

@@ -51,21 +51,36 @@ class Predictor:
 
     Each result is `{"boxes": float32 (N, 4) xyxy pixels, "scores": float32 (N,), "labels": int64 (N,) in
     1..K, "names": [class name per box]}`, best first. `score_thresh` drops detections below it (default:
-    the model's own test threshold); `amp` runs the network in bf16/fp16; `compile` puts the convolutions under
-    `torch.compile` (slow first call, see docs/benchmarks.md). The network run is an inference copy (frozen BN
-    folded into the convolutions, channels-last): the same detections, less time.
+    the model's own test threshold); `"best"` uses each class's threshold of best F1 on the evaluation set, which
+    training stores with the model (a class it has none for keeps the model's own); `amp` runs the network in
+    bf16/fp16; `compile` puts the convolutions under `torch.compile` (slow first call, see docs/benchmarks.md).
+    The network run is an inference copy (frozen BN folded into the convolutions, channels-last): the same
+    detections, less time.
     """
 
     def __init__(self, checkpoint: str | os.PathLike, device: str | torch.device = "auto",
-                 score_thresh: float | None = None, amp: str = "none", compile: bool = False) -> None:
+                 score_thresh: float | str | None = None, amp: str = "none", compile: bool = False) -> None:
         check_amp(amp)
         state = load_checkpoint(checkpoint)
         model, self.config, self.class_names = detector_from_checkpoint(state, checkpoint)
         self.category_ids: list[int] | None = state.get("category_ids")
         self.device = resolve_device(str(device))
         self.model = inference_copy(model.to(self.device), compile=compile)
-        self.score_thresh, self.amp = score_thresh, amp
-        self.source = Path(checkpoint)
+        self.amp, self.source = amp, Path(checkpoint)
+        self.score_thresh = self._thresholds(score_thresh, state.get("score_thresholds"))
+
+    def _thresholds(self, score_thresh: float | str | None, stored: dict[str, float | None] | None) -> np.ndarray:
+        """The threshold of each label 1..K (index 0 unused)."""
+        if score_thresh is None:
+            return np.zeros(len(self.class_names) + 1)
+        if isinstance(score_thresh, str):
+            if score_thresh != "best":
+                raise UserError(f"score threshold {score_thresh!r}: give a number or 'best'")
+            if not stored:
+                raise UserError(f"{self.source}: holds no best score thresholds (a training run with an evaluation "
+                                "set stores them; eval_det.py --analyze prints them); give a number")
+            return np.array([0.0] + [stored.get(name) or 0.0 for name in self.class_names])
+        return np.full(len(self.class_names) + 1, float(score_thresh))
 
     def __call__(self, image: ImageInput) -> dict[str, Any]:
         return self.predict([image])[0]
@@ -81,7 +96,8 @@ class Predictor:
 
     def _result(self, out: dict[str, torch.Tensor]) -> dict[str, Any]:
         scores = out["scores"].float().cpu().numpy()
-        keep = scores >= self.score_thresh if self.score_thresh is not None else np.ones(len(scores), dtype=bool)
-        labels = out["labels"].cpu().numpy().astype(np.int64)[keep]
+        labels = out["labels"].cpu().numpy().astype(np.int64)
+        keep = scores >= self.score_thresh[labels]
+        labels = labels[keep]
         return {"boxes": out["boxes"].float().cpu().numpy()[keep], "scores": scores[keep], "labels": labels,
                 "names": [self.class_names[int(label) - 1] for label in labels]}

@@ -29,6 +29,7 @@ from detection.build import (
 from detection.data.catalog import build_detection_dataset
 from detection.data.common import DetectionDataset, collate_detection, load_image
 from detection.data.transforms import DetectionAugmentation
+from detection.evaluation.analysis import analyze_dataset, best_f1_thresholds, tide_line
 from detection.inference import default_metrics, flat_metrics, run_inference, score, validation_losses
 from detection.visualize import draw_detections, save_image
 from engine.checkpoint import save_checkpoint
@@ -52,7 +53,8 @@ DEFAULTS: dict[str, Any] = {
               "checkpoint_period": 5000, "keep_checkpoints": 2, "progress": True,
               "patience": 0},  # stop after this many evaluations without a new best (0: never); keeps model_best
     "test": {"metrics": None, "batch_size": 2, "backend": "pycocotools", "vis_images": 4, "vis_score_thresh": 0.5,
-             "val_loss": True},  # the training losses on the evaluation set at each evaluation
+             "val_loss": True,  # the training losses on the evaluation set at each evaluation
+             "analyze": True},  # the final model's error analysis (TIDE, confusion, thresholds) in analysis/
 }
 OPEN_KEYS = ("model.backbone_options",)
 LIMITS = {**{f"model.{k}": v for k, v in MODEL_LIMITS.items()},
@@ -158,10 +160,14 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
         last_results.clear()
         last_results.update(score(detections, val_set, metrics_names, output_dir, cfg.test.backend))
         last_results["_detections"] = detections
+        last_results["_thresholds"] = best_f1_thresholds(detections, val_set.ground_truth(), class_names)[0]
         return {**flat_metrics({k: v for k, v in last_results.items() if not k.startswith("_")}), **losses}
 
     def final_state() -> dict[str, Any]:
-        return detector_checkpoint(model, cfg, class_names, category_ids)
+        thresholds = last_results.get("_thresholds")
+        return detector_checkpoint(model, cfg, class_names, category_ids,
+                                   {n: None if t is None else t["threshold"] for n, t in thresholds.items()}
+                                   if thresholds else None)
 
     periodic = bool(cfg.train.eval_period) and val_set is not None
     options = TrainerOptions(max_iter=solver.max_iter, output_dir=output_dir, accumulate=solver.accumulate,
@@ -197,6 +203,9 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
                             splits=("val",), title=f"validation {key}")
             visualize(val_set, last_results.get("_detections", {}), output_dir / "detections",
                       cfg.test.vis_images, cfg.test.vis_score_thresh)
+            if cfg.test.analyze and "_detections" in last_results:
+                analysis = analyze_dataset(last_results["_detections"], val_set, output_dir / "analysis")
+                logger.info(f"analysis: {tide_line(analysis['tide'])} -> {output_dir / 'analysis' / 'analysis.md'}")
         logger.info(f"final model -> {final}")
     writer.close()
     return results

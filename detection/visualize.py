@@ -42,21 +42,28 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, sc
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     keep = np.ones(len(boxes), dtype=bool) if scores is None else np.asarray(scores).reshape(-1) >= score_thresh
-    if not keep.any():
-        return np.array(image, copy=True)
     kept_scores = None if scores is None else np.asarray(scores, dtype=np.float64).reshape(-1)[keep]
-    shown = [class_names[int(label) - 1] + ("" if kept_scores is None else f" {kept_scores[i]:.2f}")
+    texts = [class_names[int(label) - 1] + ("" if kept_scores is None else f" {kept_scores[i]:.2f}")
              for i, label in enumerate(labels[keep])]
-    colors = [class_color(int(label)) for label in labels[keep]]
+    return draw_boxes(image, boxes[keep], texts, [class_color(int(label)) for label in labels[keep]])
+
+
+def draw_boxes(image: np.ndarray, boxes: np.ndarray, texts: Sequence[str],
+               colors: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """A copy of RGB uint8 `image` with `boxes` (xyxy) drawn in `colors`, each with its text on a filled label;
+    line width and text size follow the image size."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    if not len(boxes):
+        return np.array(image, copy=True)
     side = min(image.shape[:2])
     font = _font()
     filled = {}
     if "fill_labels" in inspect.signature(draw_bounding_boxes).parameters:  # torchvision >= 0.21: text on a box
-        filled = {"fill_labels": True, "label_background_colors": colors,
+        filled = {"fill_labels": True, "label_background_colors": list(colors),
                   "label_colors": ["black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
                                    for r, g, b in colors]}
     canvas = draw_bounding_boxes(torch.tensor(np.asarray(image, dtype=np.uint8)).permute(2, 0, 1),
-                                 torch.from_numpy(boxes[keep]), labels=shown, colors=colors,
+                                 torch.from_numpy(boxes), labels=list(texts), colors=list(colors),
                                  width=max(1, round(side / 250)), font=font,
                                  font_size=max(10, round(side / 40)) if font else None, **filled)
     return canvas.permute(1, 2, 0).numpy()

@@ -62,6 +62,17 @@ def _number(kind: type, low: float, strict: bool) -> Callable[[str], Any]:
     return parse
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
+    return value
+
+
 positive_int = _number(int, 1, False)
 non_negative_int = _number(int, 0, False)
 positive_float = _number(float, 0, True)

@@ -49,6 +49,13 @@ def test_train_det_cli_runs_and_leaves_its_outputs(tmp_path, shapes, backbone, e
     assert len(list((out / "detections").glob("*.png"))) == 2
     final = torch.load(out / "model_final.pth", weights_only=True)
     assert final["kind"] == "faster_rcnn" and final["class_names"] == ["ellipse", "rectangle", "triangle"]
+    assert set(final["score_thresholds"]) == {"ellipse", "rectangle", "triangle"}  # best F1 on the evaluation set
+    assert (out / "analysis" / "analysis.md").is_file() and (out / "analysis" / "confusion.png").is_file()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    val = [r for r in records if r["split"] == "val"]
+    assert {"rpn_pos_anchors", "rpn_neg_anchors", "roi_fg_fraction", "roi_accuracy"} <= set(train[-1])
+    assert {"loss", "loss_cls", "loss_rpn_cls"} <= set(val[-1])  # the validation loss beside the metrics
 
 
 def test_eval_det_checkpoint_and_predict(tmp_path, shapes, capsys):

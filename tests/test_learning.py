@@ -85,10 +85,11 @@ def test_frozen_bn_hand_off_keeps_the_classifiers_statistics_and_affine_map_exac
 def test_from_scratch_nothing_is_frozen_and_every_layer_and_norm_trains():
     cfg = small_cfg()
     model = build_detector(cfg, num_classes=3).train()
-    assert (cfg["model"]["norm"], cfg["model"]["freeze_at"]) == ("bn", 0)
+    assert (cfg["model"]["norm"], cfg["model"]["freeze_at"]) == ("gn", 0)
     assert describe_start(cfg).startswith("no --weights: training from scratch")
     assert all(p.requires_grad for p in model.parameters())
-    assert not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.modules())
+    assert isinstance(model.backbone.stages["stem"].bn1, nn.GroupNorm)
     before = copy.deepcopy(model.state_dict())
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     images, targets = _images_and_targets()
@@ -96,8 +97,8 @@ def test_from_scratch_nothing_is_frozen_and_every_layer_and_norm_trains():
     opt.step()
     after = model.state_dict()
     for key in ("backbone.stages.stem.conv1.weight", "backbone.stages.stem.bn1.weight",
-                "backbone.stages.stem.bn1.running_mean", "backbone.stages.res2.0.conv1.weight",
-                "roi_heads.box_head.res5.1.bn2.running_var"):
+                "backbone.stages.stem.bn1.bias", "backbone.stages.res2.0.conv1.weight",
+                "roi_heads.box_head.res5.1.bn2.weight"):
         assert not torch.equal(before[key], after[key]), key
 
 

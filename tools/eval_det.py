@@ -17,6 +17,8 @@
     # run a trained detector (batched, progress bar, torchrun-aware) and evaluate it
     python tools/eval_det.py --checkpoint runs/det/model_final.pth --dataset voc07 --data VOCdevkit --split test \
         --metric voc07 --output runs/det/eval
+    # why it errs: TIDE, confusion matrix, best-F1 thresholds, worst cases drawn (from a results file too)
+    python tools/eval_det.py --checkpoint runs/det/model_best.pth --annotations val.json --analyze --output analysis/
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Sequence
 
 from detection.build import load_detector
 from detection.data.catalog import DATASETS, build_detection_dataset, parse_class_names
+from detection.evaluation.analysis import analyze_dataset, tide_line
 from detection.evaluation.coco import BACKENDS, detections_to_coco_results, read_coco_results, write_coco_results
 from detection.evaluation.evaluator import (
     DETECTION_METRICS,
@@ -41,7 +44,7 @@ from detection.evaluation.evaluator import (
 )
 from detection.evaluation.voc import read_voc_results, write_voc_results
 from detection.inference import default_metrics, run_inference, score
-from engine.cli import ToolParser, non_negative_int, positive_int, run_cli
+from engine.cli import ToolParser, fraction, non_negative_int, positive_int, run_cli
 from engine.distributed import init_distributed
 from engine.errors import UserError
 from engine.logs import get_logger
@@ -79,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--backend", choices=BACKENDS, default="pycocotools", help="COCO evaluation backend")
     parser.add_argument("--json", help="write the metrics to this file")
+    parser.add_argument("--analyze", action="store_true", help="also explain the errors (TIDE, confusion matrix, "
+                        "best-F1 score thresholds, worst cases drawn) in --output (docs/analysis.md)")
+    parser.add_argument("--conf-thresh", type=fraction, default=0.5,
+                        help="--analyze: the score a detection needs to enter the confusion matrix (default 0.5)")
     parser.add_argument("--output", help="folder for results files (COCO json, devkit txt), PR curves, tables")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
@@ -89,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("give --annotations GT.json, or --dataset and --data")
     if args.no_eval and not (args.checkpoint and args.output):
         raise UserError("--no-eval writes the detections of --checkpoint to --output: give both")
+    if args.analyze and (not args.output or args.no_eval):
+        raise UserError("--analyze writes its files to --output: give it (and no --no-eval)")
     model, class_names = None, None
     if args.checkpoint:
         model, _, class_names = load_detector(args.checkpoint)
@@ -125,6 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info(f"{metric}: {summary_line(metric, result)}")
     if args.json:
         write_metrics_json(args.json, results)
+    if args.analyze:
+        analysis = analyze_dataset(detections, dataset, args.output, conf_thresh=args.conf_thresh)
+        log.info(f"analysis: {tide_line(analysis['tide'])} -> {Path(args.output) / 'analysis.md'}")
+        for note in analysis["notes"]:
+            log.info(f"analysis: {note}")
     return 0
 
 

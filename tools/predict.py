@@ -118,14 +118,20 @@ def predict_video(predictor: Predictor, source: Path, target: Path, batch_size: 
     return index
 
 
+def score_threshold(text: str) -> float | str:
+    """`--score-thresh`: a number >= 0, or `best`."""
+    return text if text == "best" else non_negative_float(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ToolParser(__doc__)
     parser.add_argument("--checkpoint", required=True, help="a detector trained by train_det.py (model_final.pth, "
                         "model_best.pth) or converted by convert_weights.py")
     parser.add_argument("--input", required=True, help="an image, a folder (recursive), a glob pattern or a video")
     parser.add_argument("--output", required=True, help="folder for the drawn images, results.json and videos")
-    parser.add_argument("--score-thresh", type=non_negative_float, default=0.5,
-                        help="drawn and written detections (default 0.5)")
+    parser.add_argument("--score-thresh", type=score_threshold, default=0.5,
+                        help="drawn and written detections (default 0.5); 'best': each class's threshold of best F1 "
+                        "on the evaluation set, stored with the model by training")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images (or video frames) per forward pass")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="none")
