@@ -29,7 +29,7 @@ import json
 import statistics
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,14 @@ from torch import nn
 
 import backbones
 from backbones.layers import convert_norm
+from backbones.weights import WeightFile
 from benchmarks.common import machine_line
 from detection.build import build_detector
 from detection.data.catalog import DATA_FLAG_KEYS, add_data_arguments, build_detection_dataset
 from detection.data.common import DetectionDataset, load_image
 from detection.inference import score
 from detection.train import DEFAULTS, LIMITS, OPEN_KEYS
+from detection.weights import heads_state_dict
 from engine.config import load_config
 from engine.schedule import LRSchedule
 
@@ -345,6 +347,33 @@ def make_side(name: str, work: Work, classifier: nn.Module, num_classes: int, pr
     return Detectron2Side(work, head, classifier, num_classes, pretrained)
 
 
+def loss_parity(work: Work, head: str, classifier: nn.Module, batch, pretrained: bool) -> str:
+    """Our detector against detectron2's on one batch, with detectron2's head weights and no sampling (every
+    anchor and RoI counts): the largest differences of the losses and of the backbone's gradients."""
+    everything = replace(work, rpn_batch=10**6, roi_batch=10**6, roi_fg_fraction=1.0)
+    theirs = Detectron2Side(everything, head, classifier, 1, pretrained)
+    ours = OursSide(everything, head, classifier, 1, pretrained)
+    parts = ("proposal_generator.", "roi_heads.box_head.", "roi_heads.box_predictor.", "backbone.fpn_")
+    heads = {k: v for k, v in theirs.model.state_dict().items() if k.startswith(parts)}
+    ours.model.load_state_dict(heads_state_dict(WeightFile({}, "detectron2 side", format="detectron2", extra=heads)),
+                               strict=False)
+    losses = []
+    for side in (theirs, ours):  # the same four names in both
+        side.model.train()
+        side.model.zero_grad()
+        values = side.losses(batch)
+        sum(values.values()).backward()
+        losses.append({k: float(v) for k, v in values.items()})
+    loss_diff = max(abs(losses[0][k] - v) / max(abs(v), 1e-12) for k, v in losses[1].items())
+    trunk = theirs.model.backbone.bottom_up.trunk if head == "fpn" else theirs.model.backbone.trunk
+    ours_trunk = ours.model.backbone.trunk if head == "fpn" else ours.model.backbone
+    grads = [(a.grad, b.grad) for a, b in zip(trunk.parameters(), ours_trunk.parameters(), strict=True)
+             if a.grad is not None]
+    grad_diff = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-12)) for a, b in grads)
+    return (f"{head}: losses {losses[1]}; largest relative difference from detectron2's: losses {loss_diff:.1e}, "
+            f"backbone gradients {grad_diff:.1e} ({len(grads)} tensors)")
+
+
 # ----- one run ---------------------------------------------------------------------------------------------------
 def train_and_evaluate(side: Side, batches, work: Work, val: ResizedSet) -> dict[str, Any]:
     params = [p for p in side.model.parameters() if p.requires_grad]
@@ -416,12 +445,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_data_arguments(parser)
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=["ours-fpn", "torchvision-fpn"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2], help="none: only --loss-parity")
     parser.add_argument("--weights", help="start every side from this classifier (default: from scratch)")
     parser.add_argument("--name", help="the dataset's name in the report (default: --data or --train-ann)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", help="append one json line per run to this file")
     parser.add_argument("--report", metavar="RESULTS", help="print the table of a results file and exit")
+    parser.add_argument("--loss-parity", action="store_true", help="check one training step against detectron2's "
+                        "(C4 and FPN) before training")
     for key, value in asdict(Work()).items():
         kind = type(value[0]) if isinstance(value, list) else type(value)
         parser.add_argument(f"--{key.replace('_', '-')}", type=kind, nargs="+" if isinstance(value, list) else None,
@@ -441,6 +472,10 @@ def main() -> None:
     print(f"{name}: {len(train)} training / {len(val)} evaluation images, {len(train.class_names)} classes; {start}; "
           f"{machine_line(torch.device('cpu'))}\nwork: {asdict(work)}")
     train_set, val_set = ResizedSet(train, work.min_size), ResizedSet(val, work.min_size)
+    if args.loss_parity:
+        batch = train_set.batches(work, 0)[0]
+        for head in ("c4", "fpn"):
+            print(loss_parity(work, head, initial_classifier(work, 0, args.weights), batch, bool(args.weights)))
     for seed in args.seeds:
         batches = train_set.batches(work, seed)
         classifier = initial_classifier(work, seed, args.weights)
