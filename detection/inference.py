@@ -83,11 +83,12 @@ def validation_losses(model: FasterRCNN, dataset: DetectionDataset, device: torc
 
 
 def default_metrics(dataset_name: str) -> list[str]:
-    """COCO AP for COCO-format data, the VOC07 11-point metric for VOC07-tested sets, VOC12 for VOC12-tested
-    ones, both VOC07 and COCO for the shapes set; a VOC-layout folder of one's own: VOC12 (the area under the
-    precision envelope, mAP@0.5) and COCO AP."""
-    return {"coco": ["coco"], "shapes": ["voc07", "coco"], "voc": ["voc12", "coco"], "voc07": ["voc07"],
-            "voc0712": ["voc07"], "voc12": ["voc12"], "voc07++12": ["voc12"]}[dataset_name]
+    """COCO AP for COCO-format data and YOLO datasets (ultralytics' mAP50-95; AP50 beside it), the VOC07 11-point
+    metric for VOC07-tested sets, VOC12 for VOC12-tested ones, both VOC07 and COCO for the shapes set; a VOC-layout
+    or LabelMe folder of one's own: VOC12 (the area under the precision envelope, mAP@0.5) and COCO AP."""
+    return {"coco": ["coco"], "yolo": ["coco"], "shapes": ["voc07", "coco"], "voc": ["voc12", "coco"],
+            "labelme": ["voc12", "coco"], "voc07": ["voc07"], "voc0712": ["voc07"], "voc12": ["voc12"],
+            "voc07++12": ["voc12"]}[dataset_name]
 
 
 def score(detections: Detections, dataset: DetectionDataset, metrics: Sequence[str], output_dir=None,

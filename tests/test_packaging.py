@@ -14,7 +14,8 @@ from tests.helpers import ROOT
 RUNTIME = ("torch", "torchvision", "numpy", "pillow", "opencv-python-headless", "albumentations", "pycocotools",
            "pyyaml", "omegaconf", "defusedxml", "safetensors", "tqdm", "tensorboard", "matplotlib")
 SUBCOMMANDS = ("train-cls", "eval-cls", "train-det", "eval-det", "predict", "export", "convert-weights",
-               "model-stats", "make-shapes", "make-crops", "demo", "plot-curves", "analyze-responses")
+               "model-stats", "make-shapes", "make-crops", "convert-data", "browse-data", "demo", "plot-curves",
+               "analyze-responses")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from engine.cli import run_cli
 TOOLS = {
     "train-cls": "train_cls", "eval-cls": "eval_cls", "train-det": "train_det", "eval-det": "eval_det",
     "predict": "predict", "export": "export", "convert-weights": "convert_weights", "model-stats": "model_stats",
-    "make-shapes": "make_shapes", "make-crops": "make_crops", "demo": "demo", "plot-curves": "plot_curves",
+    "make-shapes": "make_shapes", "make-crops": "make_crops", "convert-data": "convert_data",
+    "browse-data": "browse_data", "demo": "demo", "plot-curves": "plot_curves",
     "analyze-responses": "analyze_responses",
 }
 

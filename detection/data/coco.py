@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,9 @@ from pycocotools.coco import COCO
 from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth, resolve_inside
 from engine.errors import UserError
 from engine.images import image_size
+from engine.logs import get_logger
+
+logger = get_logger("detection")
 
 # The 80 COCO detection categories in increasing category id: the contiguous class order of models trained
 # on COCO (detectron2's model zoo among them).
@@ -53,11 +57,15 @@ def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def read_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None = None) -> dict[str, Any]:
+def read_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None = None,
+                   ignore_unknown_classes: bool = False) -> dict[str, Any]:
     """Parse and check a COCO annotation file, filling what real files often leave out, so that training and
     pycocotools' evaluation never meet a missing key later: `info`, `licenses`, per annotation `iscrowd` (0),
-    `area` (the box's), `segmentation` ([]) and `id` (numbered when absent or repeated), per image `width` and
-    `height` (from the image's header in `image_root`). Problems name the file and the entry."""
+    `area` (the box's, also where a tool wrote 0), `segmentation` ([]) and `id` (numbered when absent or
+    repeated), per image `width` and `height` (from the image's header in `image_root`). Labelling tools' quirks
+    read as meant: a category that no annotation uses and that is the `supercategory` of all the others
+    (Roboflow's parent category) is not a class (one line says so). Problems name the file and the entry; an
+    annotation of an unknown category is one, or with `ignore_unknown_classes` left out and counted."""
     path = Path(path)
     data = load_json(path, "annotation file")
     if not isinstance(data, dict):
@@ -90,11 +98,17 @@ def read_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None
             img["width"], img["height"] = image_size(resolve_inside(Path(image_root), img["file_name"],
                                                                     f"{path} image {img['id']}"))
     image_ids = {img["id"] for img in data["images"]}
+    data["categories"] = drop_parent_category(data["categories"], data["annotations"], path)
     cat_ids = {cat["id"] for cat in data["categories"]}
+    unknown: Counter = Counter()
     for i, ann in enumerate(data["annotations"]):
         where = f"{path}: annotations[{i}]"
         if ann["category_id"] not in cat_ids:
-            raise UserError(f"{where} has unknown category_id {ann['category_id']!r}")
+            if ignore_unknown_classes:
+                unknown[ann["category_id"]] += 1
+                continue
+            raise UserError(f"{where} has unknown category_id {ann['category_id']!r}; skip such objects with "
+                            "--ignore-unknown-classes")
         if ann["image_id"] not in image_ids:
             raise UserError(f"{where} refers to unknown image_id {ann['image_id']!r}")
         bbox = ann["bbox"]
@@ -102,15 +116,34 @@ def read_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None
             raise UserError(f"{where} has bbox {bbox!r}; expected [x, y, width, height], four finite numbers")
         ann.setdefault("iscrowd", 0)
         ann.setdefault("segmentation", [])
-        if not is_finite_number(ann.get("area")):
+        if not is_finite_number(ann.get("area")) or ann["area"] <= 0:  # CVAT and Label Studio write 0 for boxes
             ann["area"] = float(max(0.0, bbox[2]) * max(0.0, bbox[3]))
         if ann["iscrowd"] not in (0, 1):
             raise UserError(f"{where} has iscrowd {ann['iscrowd']!r}; expected 0 or 1")
+    if unknown:
+        data["annotations"] = [a for a in data["annotations"] if a["category_id"] in cat_ids]
+        counts = ", ".join(f"id {c} ({n})" for c, n in sorted(unknown.items(), key=lambda kv: str(kv[0])))
+        warnings.warn(f"{path}: skipped {sum(unknown.values())} annotations of unknown categories: {counts}",
+                      stacklevel=2)
     ann_ids = [ann.get("id") for ann in data["annotations"]]
     if any(not is_integer(v) for v in ann_ids) or len(set(ann_ids)) != len(ann_ids):
         for n, ann in enumerate(data["annotations"], start=1):  # pycocotools indexes annotations by id
             ann["id"] = n
     return data
+
+
+def drop_parent_category(categories: list[dict[str, Any]], annotations: list[dict[str, Any]],
+                         source: str | os.PathLike) -> list[dict[str, Any]]:
+    """The categories without a parent that is no class: one that no annotation uses and whose name is the
+    `supercategory` of every other category (Roboflow writes one, often with id 0)."""
+    used = {a.get("category_id") for a in annotations}
+    for cat in categories:
+        others = [c for c in categories if c is not cat]
+        if cat["id"] not in used and others and all(c.get("supercategory") == cat["name"] for c in others):
+            logger.info(f"{source}: category {cat['name']!r} (id {cat['id']}) is the parent of the others and labels "
+                        "no object: not a class")
+            return others
+    return categories
 
 
 def coco_from_dict(data: dict[str, Any]) -> COCO:
@@ -131,13 +164,14 @@ class CocoDetection(DetectionDataset):
     """
 
     def __init__(self, ann_file: str | os.PathLike, image_root: str | os.PathLike | None,
-                 transform: Callable | None = None, *, train: bool = False, keep_empty: bool | None = None) -> None:
+                 transform: Callable | None = None, *, train: bool = False, keep_empty: bool | None = None,
+                 ignore_unknown_classes: bool = False) -> None:
         super().__init__(transform, train)
         self.ann_file = Path(ann_file)
         self.image_root = None if image_root is None else Path(image_root)  # None: annotations only
         if self.image_root is not None and not self.image_root.is_dir():
             raise UserError(f"{self.image_root}: image folder not found")
-        data = read_coco_json(self.ann_file, self.image_root)
+        data = read_coco_json(self.ann_file, self.image_root, ignore_unknown_classes)
         self.coco = coco_from_dict(data)
         cats = sorted(data["categories"], key=lambda c: c["id"])
         self.class_names = [c["name"] for c in cats]

@@ -100,12 +100,12 @@ def parse_voc_xml(path: Path) -> VOCAnnotation:
 
 
 def read_image_list(path: Path) -> list[str]:
-    """Image ids of a list file: one per line (the devkit's `ImageSets/Main/<split>.txt`); file extensions and
-    repeated ids (a CSV column of file names) are dropped."""
+    """Image ids of a list file: one per line (the devkit's `ImageSets/Main/<split>.txt`); file extensions (image,
+    `.xml`, `.json`) and repeated ids (a CSV column of file names) are dropped."""
     ids: dict[str, None] = {}
     for line in path.read_text(encoding="utf-8").split():
         stem, ext = os.path.splitext(line)
-        ids[stem if ext.lower() in (*IMAGE_EXTENSIONS, ".xml") else line] = None
+        ids[stem if ext.lower() in (*IMAGE_EXTENSIONS, ".xml", ".json") else line] = None
     return list(ids)
 
 
