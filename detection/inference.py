@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from detection.data.common import DetectionDataset, collate_detection
 from detection.evaluation.evaluator import evaluate_detections
 from detection.faster_rcnn import FasterRCNN, inference_copy
+from detection.tiling import Tiling
 from detection.transform import DetectionTransform
 from engine.distributed import all_gather_object, all_reduce, get_rank, get_world_size
 from engine.logs import progress_bar
@@ -24,18 +25,25 @@ Detections = dict[int, dict[str, np.ndarray]]
 
 
 def run_inference(model: FasterRCNN, dataset: DetectionDataset, device: torch.device, batch_size: int = 2,
-                  workers: int = 2, amp: str = "none", progress: bool = True, compile: bool = False) -> Detections:
+                  workers: int = 2, amp: str = "none", progress: bool = True, compile: bool = False,
+                  tiling: Tiling | None = None) -> Detections:
     """`{image_id: {"boxes", "scores", "labels"}}` for every image of `dataset`, gathered from all processes.
     Runs an inference copy of `model` (frozen BN folded, channels-last; see `inference_copy`), so `model`
-    itself, in training or not, is left as it was."""
+    itself, in training or not, is left as it was. With `tiling`, each image runs as tiles (`batch_size` tiles
+    at a time) whose detections are merged in its coordinates."""
     fast = inference_copy(model, compile=compile)
     loader = DataLoader(SeededDataset(dataset), batch_sampler=ShardSampler(len(dataset), batch_size, get_rank(),
                                                                            get_world_size()),
                         num_workers=workers, collate_fn=collate_detection, generator=torch.Generator())
     mine: Detections = {}
-    for images, targets in progress_bar(loader, enabled=progress, desc="inference", leave=False):
+    def detect(images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         with torch.inference_mode(), autocast(device, amp):
-            outputs = fast([im.to(device, non_blocking=True) for im in images])
+            return fast([im.to(device, non_blocking=True) for im in images])
+
+    heads = model.roi_heads
+    for images, targets in progress_bar(loader, enabled=progress, desc="inference", leave=False):
+        outputs = detect(images) if tiling is None else [
+            tiling.predict(detect, im, batch_size, heads.nms_thresh, heads.detections_per_image) for im in images]
         for target, out in zip(targets, outputs, strict=True):
             mine[int(target["image_id"])] = {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
                                              for k, v in out.items()}

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from detection.build import detector_from_checkpoint
 from detection.faster_rcnn import inference_copy
+from detection.tiling import Tiling
 from engine.checkpoint import load_checkpoint
 from engine.distributed import resolve_device
 from engine.errors import UserError
@@ -52,14 +53,18 @@ class Predictor:
     Each result is `{"boxes": float32 (N, 4) xyxy pixels, "scores": float32 (N,), "labels": int64 (N,) in
     1..K, "names": [class name per box]}`, best first. `score_thresh` drops detections below it (default:
     the model's own test threshold); `"best"` uses each class's threshold of best F1 on the evaluation set, which
-    training stores with the model (a class it has none for keeps the model's own); `amp` runs the network in
+    training stores with the model (a class it has none for keeps the model's own); `tile` runs each image as
+    `tile` x `tile` tiles (`tile_overlap`, `tile_merge`, `tile_full_image`, `tile_batch` tiles per forward pass;
+    `detection.tiling`), with the detections in the image's coordinates; `amp` runs the network in
     bf16/fp16; `compile` puts the convolutions under `torch.compile` (slow first call, see docs/benchmarks.md).
     The network run is an inference copy (frozen BN folded into the convolutions, channels-last): the same
     detections, less time.
     """
 
     def __init__(self, checkpoint: str | os.PathLike, device: str | torch.device = "auto",
-                 score_thresh: float | str | None = None, amp: str = "none", compile: bool = False) -> None:
+                 score_thresh: float | str | None = None, amp: str = "none", compile: bool = False,
+                 tile: int | None = None, tile_overlap: float = 0.2, tile_merge: str = "nms",
+                 tile_full_image: bool = False, tile_batch: int = 4) -> None:
         check_amp(amp)
         state = load_checkpoint(checkpoint)
         model, self.config, self.class_names = detector_from_checkpoint(state, checkpoint)
@@ -68,6 +73,8 @@ class Predictor:
         self.model = inference_copy(model.to(self.device), compile=compile)
         self.amp, self.source = amp, Path(checkpoint)
         self.score_thresh = self._thresholds(score_thresh, state.get("score_thresholds"))
+        self.tiling = None if tile is None else Tiling(tile, tile_overlap, tile_merge, tile_full_image)
+        self.tile_batch = tile_batch
 
     def _thresholds(self, score_thresh: float | str | None, stored: dict[str, float | None] | None) -> np.ndarray:
         """The threshold of each label 1..K (index 0 unused)."""
@@ -90,9 +97,15 @@ class Predictor:
         tensors = [torch.from_numpy(np.array(as_rgb_array(im))).permute(2, 0, 1).float().div_(255) for im in images]
         if not tensors:
             return []
+        if self.tiling is None:
+            return [self._result(out) for out in self._detect(tensors)]
+        heads = self.model.roi_heads
+        return [self._result(self.tiling.predict(self._detect, t, self.tile_batch, heads.nms_thresh,
+                                                 heads.detections_per_image)) for t in tensors]
+
+    def _detect(self, tensors: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         with torch.inference_mode(), autocast(self.device, self.amp):
-            outputs = self.model([t.to(self.device, non_blocking=True) for t in tensors])
-        return [self._result(out) for out in outputs]
+            return self.model([t.to(self.device, non_blocking=True) for t in tensors])
 
     def _result(self, out: dict[str, torch.Tensor]) -> dict[str, Any]:
         scores = out["scores"].float().cpu().numpy()

@@ -31,6 +31,7 @@ from detection.data.common import DetectionDataset, collate_detection, load_imag
 from detection.data.transforms import DetectionAugmentation
 from detection.evaluation.analysis import analyze_dataset, best_f1_thresholds, tide_line
 from detection.inference import default_metrics, flat_metrics, run_inference, score, validation_losses
+from detection.tiling import TiledDataset, Tiling
 from detection.visualize import draw_detections, save_image
 from engine.checkpoint import save_checkpoint
 from engine.config import to_dict
@@ -45,7 +46,11 @@ DEFAULTS: dict[str, Any] = {
     "data": {"dataset": "shapes", "root": None, "train_split": None, "val_split": None, "train_ann": None,
              "train_images": None, "val_ann": None, "val_images": None, "classes": None,
              "ignore_unknown_classes": False, "workers": 2, "flip_prob": 0.5, "photometric": False,
-             "keep_empty": False, "aspect_ratio_grouping": False},
+             "keep_empty": False, "aspect_ratio_grouping": False,
+             # large images: train on tile x tile windows (0: whole images), boxes kept where tile_min_visible of
+             # their area is inside, tiles without objects tile_background of the set; evaluate on tiles too
+             "tile": 0, "tile_overlap": 0.2, "tile_min_visible": 0.5, "tile_background": 0.2, "tile_merge": "nms",
+             "tile_full_image": False},
     "solver": {"ims_per_batch": 2, "accumulate": 1, "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0005,
                "max_iter": 80000, "steps": [60000], "gamma": 0.1, "warmup_iters": 0, "warmup_factor": 0.001,
                "warmup_method": "linear", "clip_grad_norm": 0.0},
@@ -59,6 +64,8 @@ DEFAULTS: dict[str, Any] = {
 OPEN_KEYS = ("model.backbone_options",)
 LIMITS = {**{f"model.{k}": v for k, v in MODEL_LIMITS.items()},
           "data.workers": NON_NEGATIVE, "data.flip_prob": FRACTION, "solver.ims_per_batch": "[1, inf)",
+          "data.tile": NON_NEGATIVE, "data.tile_overlap": "[0, 0.95]", "data.tile_min_visible": "(0, 1]",
+          "data.tile_background": "[0, 0.95]", "data.tile_merge": "{nms, greedy}",
           "solver.accumulate": "[1, inf)", "solver.lr": POSITIVE, "solver.momentum": "[0, 1)",
           "solver.weight_decay": NON_NEGATIVE, "solver.max_iter": "[1, inf)", "solver.steps": "[1, inf)",
           "solver.gamma": POSITIVE, "solver.warmup_iters": NON_NEGATIVE, "solver.warmup_factor": FRACTION,
@@ -78,12 +85,22 @@ RESUME_MAY_CHANGE = ("solver.max_iter", "data.root", "data.train_ann", "data.tra
 
 
 def datasets(cfg: DictConfig) -> tuple[DetectionDataset, DetectionDataset | None]:
-    """The training set and the evaluation set (None when the config names none and the default is absent)."""
+    """The training set (its tiles with `data.tile`) and the evaluation set (None when the config names none and
+    the default is absent)."""
     data = cfg.data
     augment = DetectionAugmentation(data.flip_prob, data.photometric)
     train = build_detection_dataset(data, train=True, transform=augment)
     val = build_detection_dataset(data, train=False, class_names=train.class_names, optional=True)
+    if data.tile:
+        train = TiledDataset(train, data.tile, data.tile_overlap, data.tile_min_visible, data.tile_background,
+                             cfg.train.seed)
     return train, val
+
+
+def evaluation_tiling(cfg: DictConfig) -> Tiling | None:
+    """How the evaluation set is run: on tiles as training saw them (`data.tile`), or whole."""
+    data = cfg.data
+    return Tiling(data.tile, data.tile_overlap, data.tile_merge, data.tile_full_image) if data.tile else None
 
 
 def primary_metric(metrics: list[str]) -> str:
@@ -150,11 +167,16 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
 
     last_results: dict[str, Any] = {}
 
+    tiling = evaluation_tiling(cfg)
+    loss_set = val_set if val_set is None or tiling is None else TiledDataset(
+        val_set, cfg.data.tile, cfg.data.tile_overlap, cfg.data.tile_min_visible, cfg.data.tile_background,
+        cfg.train.seed)
+
     def evaluate(module: nn.Module) -> dict[str, float]:
-        losses = validation_losses(module, val_set, dist.device, cfg.test.batch_size, cfg.data.workers,
+        losses = validation_losses(module, loss_set, dist.device, cfg.test.batch_size, cfg.data.workers,
                                    cfg.train.amp, cfg.train.seed) if cfg.test.val_loss else {}
         detections = run_inference(module, val_set, dist.device, cfg.test.batch_size, cfg.data.workers,
-                                   cfg.train.amp, cfg.train.progress)
+                                   cfg.train.amp, cfg.train.progress, tiling=tiling)
         if not dist.is_main:
             return {}
         last_results.clear()

@@ -44,6 +44,7 @@ from detection.evaluation.evaluator import (
 )
 from detection.evaluation.voc import read_voc_results, write_voc_results
 from detection.inference import default_metrics, run_inference, score
+from detection.tiling import add_tiling_arguments, tiling_from_args
 from engine.cli import ToolParser, fraction, non_negative_int, positive_int, run_cli
 from engine.distributed import init_distributed
 from engine.errors import UserError
@@ -84,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", help="write the metrics to this file")
     parser.add_argument("--analyze", action="store_true", help="also explain the errors (TIDE, confusion matrix, "
                         "best-F1 score thresholds, worst cases drawn) in --output (docs/analysis.md)")
+    add_tiling_arguments(parser)
     parser.add_argument("--conf-thresh", type=fraction, default=0.5,
                         help="--analyze: the score a detection needs to enter the confusion matrix (default 0.5)")
     parser.add_argument("--output", help="folder for results files (COCO json, devkit txt), PR curves, tables")
@@ -98,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("--no-eval writes the detections of --checkpoint to --output: give both")
     if args.analyze and (not args.output or args.no_eval):
         raise UserError("--analyze writes its files to --output: give it (and no --no-eval)")
+    tiling = tiling_from_args(args)
+    if tiling is not None and not args.checkpoint:
+        raise UserError("--tile runs a detector on tiles: it needs --checkpoint")
     model, class_names = None, None
     if args.checkpoint:
         model, _, class_names = load_detector(args.checkpoint)
@@ -113,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"{args.checkpoint}: trained for classes {', '.join(class_names)}, but the dataset has "
                             f"{', '.join(names)}")
         detections = run_inference(model.to(dist.device), dataset, dist.device, args.batch_size, args.workers,
-                                   args.amp, progress=not args.no_progress, compile=args.compile)
+                                   args.amp, progress=not args.no_progress, compile=args.compile, tiling=tiling)
         if args.output and dist.is_main and hasattr(dataset, "image_sets"):
             written = write_voc_results(args.output, dataset.image_sets[0][1], detections, records, names)
         elif args.no_eval and dist.is_main:

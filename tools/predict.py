@@ -34,6 +34,7 @@ import numpy as np
 
 from detection.evaluation.coco import detections_to_coco_results, write_coco_results
 from detection.predictor import Predictor
+from detection.tiling import add_tiling_arguments, tiling_from_args
 from detection.visualize import draw_detections, save_image
 from engine.cli import ToolParser, non_negative_float, positive_int, run_cli
 from engine.errors import UserError
@@ -138,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="run the convolutions under torch.compile (a slow "
                         "first image; pays off over many)")
     parser.add_argument("--skip-bad-images", action="store_true", help="warn and count unreadable images")
+    add_tiling_arguments(parser)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
@@ -147,7 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     clash = next((f for f, t in targets.items() if t.resolve() in {g.resolve() for g in files}), None)
     if clash is not None:
         raise UserError(f"{args.output}: writing there would overwrite the input {clash}; choose another --output")
-    predictor = Predictor(args.checkpoint, args.device, args.score_thresh, args.amp, args.compile)
+    tiling = tiling_from_args(args)
+    predictor = Predictor(args.checkpoint, args.device, args.score_thresh, args.amp, args.compile,
+                          **({} if tiling is None else {"tile": tiling.tile, "tile_overlap": tiling.overlap,
+                                                        "tile_merge": tiling.merge,
+                                                        "tile_full_image": tiling.full_image,
+                                                        "tile_batch": args.batch_size}))
     images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
     videos = [f for f in files if f.suffix.lower() in VIDEO_EXTENSIONS]
     detections: dict[int, dict[str, Any]] = {}
