@@ -52,7 +52,8 @@ class Predictor:
 
     Each result is `{"boxes": float32 (N, 4) xyxy pixels, "scores": float32 (N,), "labels": int64 (N,) in
     1..K, "names": [class name per box]}`, best first. `score_thresh` drops detections below it (default:
-    the model's own test threshold); `"best"` uses each class's threshold of best F1 on the evaluation set, which
+    the model's own test threshold, `roi.score_thresh`; a lower one lowers the model's, for this predictor);
+    `"best"` uses each class's threshold of best F1 on the evaluation set, which
     training stores with the model (a class it has none for keeps the model's own); `tile` runs each image as
     `tile` x `tile` tiles (`tile_overlap`, `tile_merge`, `tile_full_image`, `tile_batch` tiles per forward pass;
     `detection.tiling`), with the detections in the image's coordinates; `amp` runs the network in
@@ -73,20 +74,23 @@ class Predictor:
         self.model = inference_copy(model.to(self.device), compile=compile)
         self.amp, self.source = amp, Path(checkpoint)
         self.score_thresh = self._thresholds(score_thresh, state.get("score_thresholds"))
+        heads = self.model.roi_heads  # the predictor's own copy: a lower threshold than the model's lowers its
+        heads.score_thresh = min(heads.score_thresh, float(self.score_thresh[1:].min()))
         self.tiling = None if tile is None else Tiling(tile, tile_overlap, tile_merge, tile_full_image)
         self.tile_batch = tile_batch
 
     def _thresholds(self, score_thresh: float | str | None, stored: dict[str, float | None] | None) -> np.ndarray:
         """The threshold of each label 1..K (index 0 unused)."""
+        own = float(self.model.roi_heads.score_thresh)
         if score_thresh is None:
-            return np.zeros(len(self.class_names) + 1)
+            return np.full(len(self.class_names) + 1, own)
         if isinstance(score_thresh, str):
             if score_thresh != "best":
                 raise UserError(f"score threshold {score_thresh!r}: give a number or 'best'")
             if not stored:
                 raise UserError(f"{self.source}: holds no best score thresholds (a training run with an evaluation "
                                 "set stores them; eval_det.py --analyze prints them); give a number")
-            return np.array([0.0] + [stored.get(name) or 0.0 for name in self.class_names])
+            return np.array([own] + [own if stored.get(name) is None else stored[name] for name in self.class_names])
         return np.full(len(self.class_names) + 1, float(score_thresh))
 
     def __call__(self, image: ImageInput) -> dict[str, Any]:

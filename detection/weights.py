@@ -153,6 +153,9 @@ def import_detector(weights: str | WeightFile, cfg: DictConfig | dict[str, Any],
     category_ids = None
     if class_names is None:
         class_names, category_ids = default_class_names(num_classes, weights)
+        which = {80: "COCO's 80", 20: "PASCAL VOC's 20", 90: "torchvision's 90 COCO labels"}[num_classes]
+        logger.info(f"{weights.source}: {num_classes} classes, named as {which} by their count; give --class-names "
+                    "if the detector was trained on others")
     if len(class_names) != num_classes:
         raise UserError(f"{weights.source}: the detector has {num_classes} classes but {len(class_names)} names "
                         "were given")

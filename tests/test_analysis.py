@@ -250,6 +250,24 @@ def test_predictor_best_keeps_each_class_above_its_stored_threshold(tmp_path):
         Predictor(tmp_path / "plain.pth", device="cpu", score_thresh="best")
 
 
+def test_a_score_threshold_below_the_models_lowers_it(tmp_path):
+    import torch
+
+    from detection.build import build_detector, detector_checkpoint
+    from detection.predictor import Predictor
+    from tests.test_detection_model import small_cfg
+
+    cfg = small_cfg()
+    cfg["model"]["roi"].update(score_thresh=0.335, detections_per_image=1000)  # the model's own threshold
+    model = build_detector(cfg, num_classes=2).eval()
+    torch.save(detector_checkpoint(model, cfg, ["a", "b"]), tmp_path / "det.pth")
+    image = np.random.default_rng(1).integers(0, 255, (90, 120, 3), dtype=np.uint8)
+    own = Predictor(tmp_path / "det.pth", device="cpu")(image)
+    lower = Predictor(tmp_path / "det.pth", device="cpu", score_thresh=0.0)(image)
+    assert len(own["scores"]) and (own["scores"] >= 0.335).all() and (lower["scores"] < 0.335).any()
+    np.testing.assert_array_equal(lower["scores"][lower["scores"] >= 0.335], own["scores"])
+
+
 def test_eval_det_analyze_on_a_results_file_whose_images_are_not_there(tmp_path, capsys):
     from engine.cli import run_cli
     from tools import eval_det

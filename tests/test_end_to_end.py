@@ -136,5 +136,8 @@ def test_demo_in_a_bounded_form(tmp_path):
                                "--det-iters", "3", "--workers", "0", "--no-progress", "--small"]) == 0
     report = (out / "REPORT.md").read_text()
     assert "VOC07 mAP" in report and "COCO AP" in report
-    for link in ("classifier/curves.png", "detector/loss.png", "eval/pr_curves_voc07.png"):
+    for link in ("classifier/curves.png", "detector/loss.png", "eval/pr_curves_voc07.png",
+                 "detector/analysis/tide.png", "detector/analysis/analysis.md"):
         assert link in report and (out / link).is_file()
+    drawn = report.split("## Detections on validation images")[1]
+    assert drawn.count("](detector/detections/") == len(list((out / "detector" / "detections").glob("*.png"))) > 0

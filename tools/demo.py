@@ -98,7 +98,16 @@ def report(out: Path, timings: dict[str, float], scratch: bool) -> Path:
               "## Classifier training (Fig. 4 style)", "", "![classifier curves](classifier/curves.png)", "",
               "## Detector", "", "![loss](detector/loss.png) ![mAP](detector/voc07_mAP.png)", "",
               "![PR curves](eval/pr_curves_voc07.png)", "", "Per class (VOC07 AP):", "",
-              (out / "eval" / "per_class_voc07.md").read_text(), "## Detections on validation images", ""]
+              (out / "eval" / "per_class_voc07.md").read_text()]
+    if (out / "detector" / "analysis" / "analysis.md").is_file():
+        lines += ["## Why it errs", "", "TIDE's breakdown of the AP lost (each error type fixed alone) and the "
+                  "confusion matrix of the final detector on the validation images; the whole analysis, with the score "
+                  "threshold of best F1 per class and the worst cases drawn: "
+                  "[detector/analysis/analysis.md](detector/analysis/analysis.md).", "",
+                  "![TIDE](detector/analysis/tide.png) ![confusion](detector/analysis/confusion.png)", ""]
+    drawn = sorted((out / "detector" / "detections").glob("*.png"))
+    lines += ["## Detections on validation images", "", "Score >= 0.5, drawn by the training run:", ""]
+    lines += [f"![{p.stem}](detector/detections/{p.name})" for p in drawn] or ["(none drawn)"]
     path = out / "REPORT.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -57,6 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     source = args.checkpoint or args.weights
     weights = backbones.read_weights(source)
+    ours = weights.format == "ours" and weights.arch is not None
+    if args.checkpoint and not ours:
+        raise UserError(f"{source}: not a classifier this toolkit trained ({weights.format} weights); give it with "
+                        "--weights")
+    if args.weights and ours:
+        raise UserError(f"{source}: a classifier this toolkit trained; give it with --checkpoint (--weights is for "
+                        "weights from elsewhere)")
     recorded = weights.record.get("test", {}).get("data")
     if args.dataset is None and recorded is None:
         raise UserError(f"{source}: records no test set (not a train_cls.py checkpoint); give --dataset")

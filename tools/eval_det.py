@@ -74,10 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="one or more of coco, voc07, voc12 (default: coco; with --checkpoint the dataset's own)")
     parser.add_argument("--no-eval", action="store_true", help="with --checkpoint: write the results files to "
                         "--output without scoring (VOC2012 test, COCO test-dev: no public annotations)")
-    parser.add_argument("--batch-size", type=positive_int, default=2, help="images per inference batch (--checkpoint)")
-    parser.add_argument("--workers", type=non_negative_int, default=2)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", choices=AMP_CHOICES, default="none", help="run the network in bf16/fp16")
+    parser.add_argument("--batch-size", type=positive_int, help="images per inference batch (--checkpoint; default 2)")
+    parser.add_argument("--workers", type=non_negative_int, help="image loading processes (--checkpoint; default 2)")
+    parser.add_argument("--device", help="where --checkpoint runs (default auto)")
+    parser.add_argument("--amp", choices=AMP_CHOICES, help="run the network in bf16/fp16 (--checkpoint)")
     parser.add_argument("--compile", action="store_true", help="run the convolutions under torch.compile (a slow "
                         "first batch; pays off over many)")
     parser.add_argument("--no-progress", action="store_true")
@@ -98,6 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError("give --annotations GT.json, or --dataset and --data")
     if args.no_eval and not (args.checkpoint and args.output):
         raise UserError("--no-eval writes the detections of --checkpoint to --output: give both")
+    running = [args.batch_size, args.workers, args.device, args.amp, args.compile or None]
+    if args.results and any(v is not None for v in running):
+        raise UserError("--batch-size, --workers, --device, --amp and --compile run a detector: they do not apply to "
+                        "--results")
+    if args.split and args.annotations:
+        raise UserError("--split names a split of --dataset/--data; --annotations is the evaluation set itself")
+    if args.json and args.no_eval:
+        raise UserError("--json writes scores, which --no-eval does not compute")
+    args.batch_size, args.workers = args.batch_size or 2, 2 if args.workers is None else args.workers
+    args.device, args.amp = args.device or "auto", args.amp or "none"
     if args.analyze and (not args.output or args.no_eval):
         raise UserError("--analyze writes its files to --output: give it (and no --no-eval)")
     tiling = tiling_from_args(args)
