@@ -60,3 +60,27 @@ def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"torchrun exited {result.returncode}:\n{result.stderr[-4000:]}"
     return result
+
+
+def detectron2_names(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our C4 or FPN detector's state dict in detectron2's names (`tests/data/detectron2_R50_keys.json` holds the
+    real ones, which tests/test_weights_import.py checks this against): the ResNet under `backbone.` (C4) or
+    `backbone.bottom_up.` (FPN) as `stem.conv1[.norm]`, `res<N>.<i>.conv<j>[.norm]`, `shortcut[.norm]`; C4's res5
+    under `roi_heads.`; the pyramid as `backbone.fpn_lateral<2..5>` / `fpn_output<2..5>`; the RPN under
+    `proposal_generator.rpn_head.`; the box head as `fc1` / `fc2`; a K+1-way classifier with background last."""
+    out = {}
+    for key, value in state_dict.items():
+        key = key.replace("backbone.trunk.stages.", "backbone.bottom_up.").replace("backbone.stages.", "backbone.")
+        key = key.replace("roi_heads.box_head.res5", "roi_heads.res5").replace("stem.bn1.", "stem.conv1.norm.")
+        key = key.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+        for j in (1, 2, 3):
+            key = key.replace(f".bn{j}.", f".conv{j}.norm.")
+        for i in range(4):
+            key = key.replace(f"backbone.fpn.lateral_convs.{i}.", f"backbone.fpn_lateral{i + 2}.")
+            key = key.replace(f"backbone.fpn.output_convs.{i}.", f"backbone.fpn_output{i + 2}.")
+        key = key.replace("rpn.head.", "proposal_generator.rpn_head.").replace("box_head.fc6.", "box_head.fc1.")
+        key = key.replace("box_head.fc7.", "box_head.fc2.")
+        if key.startswith("roi_heads.predictor.cls_score."):
+            value = torch.cat([value[1:], value[:1]])  # background last
+        out[key.replace("roi_heads.predictor.", "roi_heads.box_predictor.")] = value.clone()
+    return out

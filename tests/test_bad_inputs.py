@@ -148,33 +148,47 @@ def predict_args(c, source, *extra):
             "--no-progress", *extra]
 
 
-NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+# a CUDA device this machine does not have: any on a CPU-only machine, the next index on one with GPUs
+MISSING = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+MISSING_WHY = (f"this machine has {torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else
+               "this machine has no CUDA device")
 
 CASES = [
     # numbers out of range, from flags, overrides and recipe files
     ("max_iter_zero", train_det, lambda c: train_det_args(c, "--max-iter", "0"),
      "--max-iter: solver.max_iter must be >= 1"),
-    ("max_iter_negative", train_det, lambda c: train_det_args(c, "--max-iter", "-5"), "--max-iter"),
-    ("ims_per_batch_zero", train_det, lambda c: train_det_args(c, "--ims-per-batch", "0"), "--ims-per-batch"),
-    ("accumulate_zero", train_det, lambda c: train_det_args(c, "--accumulate", "0"), "--accumulate"),
-    ("workers_negative", train_det, lambda c: train_det_args(c, "--workers", "-1"), "--workers"),
-    ("eval_period_negative", train_det, lambda c: train_det_args(c, "--eval-period", "-1"), "--eval-period"),
+    ("max_iter_negative", train_det, lambda c: train_det_args(c, "--max-iter", "-5"),
+     "--max-iter: solver.max_iter must be >= 1, got -5"),
+    ("ims_per_batch_zero", train_det, lambda c: train_det_args(c, "--ims-per-batch", "0"),
+     "--ims-per-batch: solver.ims_per_batch must be >= 1, got 0"),
+    ("accumulate_zero", train_det, lambda c: train_det_args(c, "--accumulate", "0"),
+     "--accumulate: solver.accumulate must be >= 1, got 0"),
+    ("workers_negative", train_det, lambda c: train_det_args(c, "--workers", "-1"),
+     "--workers: data.workers must be >= 0, got -1"),
+    ("eval_period_negative", train_det, lambda c: train_det_args(c, "--eval-period", "-1"),
+     "--eval-period: train.eval_period must be >= 0, got -1"),
     ("override_zero", train_det, lambda c: train_det_args(c, "solver.max_iter=0"), "override 'solver.max_iter=0'"),
-    ("override_score", train_det, lambda c: train_det_args(c, "model.roi.score_thresh=2"), "model.roi.score_thresh"),
+    ("override_score", train_det, lambda c: train_det_args(c, "model.roi.score_thresh=2"),
+     "override 'model.roi.score_thresh=2': model.roi.score_thresh must be between 0 and 1, got 2"),
     ("recipe_zero", train_det, lambda c: ["--config", str(c["recipe"]), "--data", str(c["shapes"]), "--output",
                                           str(c["root"] / "o")], "recipe.yaml: solver.ims_per_batch must be >= 1"),
-    ("cls_batch_zero", train_cls, lambda c: train_cls_args(c, "--batch-size", "0"), "--batch-size"),
-    ("cls_max_iter_zero", train_cls, lambda c: train_cls_args(c, "--max-iter", "0"), "--max-iter"),
-    ("cls_accumulate_zero", train_cls, lambda c: train_cls_args(c, "--accumulate", "0"), "--accumulate"),
-    ("cls_workers_negative", train_cls, lambda c: train_cls_args(c, "--workers", "-2"), "--workers"),
+    ("cls_batch_zero", train_cls, lambda c: train_cls_args(c, "--batch-size", "0"),
+     "--batch-size: solver.batch_size must be >= 1, got 0"),
+    ("cls_max_iter_zero", train_cls, lambda c: train_cls_args(c, "--max-iter", "0"),
+     "--max-iter: solver.max_iter must be >= 1, got 0"),
+    ("cls_accumulate_zero", train_cls, lambda c: train_cls_args(c, "--accumulate", "0"),
+     "--accumulate: solver.accumulate must be >= 1, got 0"),
+    ("cls_workers_negative", train_cls, lambda c: train_cls_args(c, "--workers", "-2"),
+     "--workers: data.workers must be >= 0, got -2"),
     ("export_size_zero", export, lambda c: ["--checkpoint", str(c["detector"]), "--output", str(c["root"] / "x.onnx"),
                                             "--size", "0", "0"], "--size: must be a positive integer"),
     ("eval_det_batch_zero", eval_det, lambda c: ["--checkpoint", str(c["detector"]), "--dataset", "shapes", "--data",
-                                                 str(c["shapes"]), "--batch-size", "0"], "--batch-size"),
+                                                 str(c["shapes"]), "--batch-size", "0"],
+     "--batch-size: must be a positive integer, got '0'"),
     ("predict_batch_zero", predict, lambda c: predict_args(c, c["shapes"] / "val", "--batch-size", "0"),
-     "--batch-size"),
+     "--batch-size: must be a positive integer, got '0'"),
     ("eval_cls_batch_zero", eval_cls, lambda c: ["--checkpoint", str(c["classifier"]), "--dataset", "synthetic",
-                                                 "--batch-size", "0"], "--batch-size"),
+                                                 "--batch-size", "0"], "--batch-size: must be a positive integer"),
     ("eval_cls_ours_as_weights", eval_cls, lambda c: ["--weights", str(c["classifier"]), "--dataset", "synthetic"],
      "a classifier this toolkit trained; give it with --checkpoint"),
     ("eval_det_results_batch", eval_det, lambda c: ["--annotations", str(c["gt"]), "--results",
@@ -188,18 +202,16 @@ CASES = [
                                                    str(c["root"] / "sub"), "--json", str(c["root"] / "m.json")],
      "--json writes scores, which --no-eval does not compute"),
     ("make_shapes_zero", make_shapes_tool, lambda c: ["--out", str(c["root"] / "s"), "--num-train", "0"],
-     "--num-train"),
+     "--num-train: must be a positive integer, got '0'"),
     # a device that is not there
-    pytest.param("cuda", train_cls, lambda c: train_cls_args(c, "--device", "cuda"), "--device cuda",
-                 marks=NO_CUDA),
-    pytest.param("cuda_3", train_det, lambda c: train_det_args(c, "--device", "cuda:3"), "--device cuda:3",
-                 marks=NO_CUDA),
+    ("cuda", train_cls, lambda c: train_cls_args(c, "--device", MISSING), f"--device {MISSING}: {MISSING_WHY}"),
+    ("cuda_det", train_det, lambda c: train_det_args(c, "--device", MISSING), f"--device {MISSING}: {MISSING_WHY}"),
     ("device_name", eval_det, lambda c: ["--checkpoint", str(c["detector"]), "--dataset", "shapes", "--data",
-                                         str(c["shapes"]), "--device", "gpu"], "--device 'gpu'"),
-    pytest.param("predict_cuda", predict, lambda c: predict_args(c, c["shapes"] / "val", "--device", "cuda"),
-                 "--device cuda", marks=NO_CUDA),
-    pytest.param("eval_cls_cuda", eval_cls, lambda c: ["--checkpoint", str(c["classifier"]), "--dataset", "synthetic",
-                                                       "--device", "cuda:7"], "--device cuda:7", marks=NO_CUDA),
+                                         str(c["shapes"]), "--device", "gpu"], "--device 'gpu': not a device"),
+    ("predict_cuda", predict, lambda c: predict_args(c, c["shapes"] / "val", "--device", MISSING),
+     f"--device {MISSING}: {MISSING_WHY}"),
+    ("eval_cls_cuda", eval_cls, lambda c: ["--checkpoint", str(c["classifier"]), "--dataset", "synthetic",
+                                           "--device", MISSING], f"--device {MISSING}: {MISSING_WHY}"),
     # results files
     *[(f"results_{name}", eval_det, lambda c, name=name: ["--annotations", str(c["gt"]), "--results",
                                                           str(c["root"] / f"{name}.json")],
@@ -284,7 +296,9 @@ def test_unreadable_images_are_skipped_and_counted_where_asked(corpus, capsys):
     shutil.copy(corpus["png_bomb"], photos / "bomb.png")
     shutil.copy(corpus["shapes"] / "val" / "000001.png", photos / "fine.png")
     with pytest.warns(UserWarning, match="skipped 1 unreadable image"):
-        assert run_cli(predict.main, predict_args(corpus, photos, "--skip-bad-images")) == 0
+        assert run_cli(predict.main, predict_args(corpus, photos, "--skip-bad-images", "--score-thresh", "0")) == 0
     results = json.loads((corpus["root"] / "out_pred" / "results.json").read_text())
-    assert {r["file_name"] for r in results} <= {"fine.png"}
+    assert {r["file_name"] for r in results} == {"fine.png"}  # the readable image was predicted, the bomb skipped
+    drawn = corpus["root"] / "out_pred"
+    assert (drawn / "fine.png").is_file() and not (drawn / "bomb.png").exists()
     capsys.readouterr()

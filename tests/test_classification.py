@@ -151,10 +151,11 @@ def test_large_jpegs_decode_at_a_smaller_scale_only_when_asked(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "big.jpg", quality=95)
     Image.fromarray(pixels).save(tmp_path / "big.png")
     assert load_rgb(tmp_path / "big.jpg").size == (1600, 1000) == load_rgb(tmp_path / "big.png", 300).size
+    # libjpeg scales by 1/2, 1/4 or 1/8: the smallest of those keeping the shorter side (1000) >= what is asked
     small = load_rgb(tmp_path / "big.jpg", 300)
-    assert small.size == (400, 250) or small.size == (800, 500)  # libjpeg scales by 1/2, 1/4 or 1/8 only
-    assert min(load_rgb(tmp_path / "big.jpg", 300).size) >= 250 and load_rgb(tmp_path / "big.jpg", 600).size == (
-        1600, 1000)  # a shorter side of 1000 cannot be halved and stay >= 600
+    assert small.size == (800, 500)  # 1/4 would give 250 < 300
+    assert load_rgb(tmp_path / "big.jpg", 250).size == (400, 250)  # 1/4 exactly
+    assert load_rgb(tmp_path / "big.jpg", 600).size == (1600, 1000)  # 1000 cannot be halved and stay >= 600
     # the same picture: within a few levels of decoding whole and resizing
     whole = np.asarray(load_rgb(tmp_path / "big.jpg").resize(small.size, Image.BILINEAR), dtype=float)
     assert np.abs(np.asarray(small, dtype=float) - whole).mean() < 2

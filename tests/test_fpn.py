@@ -26,7 +26,7 @@ from engine.checkpoint import save_checkpoint
 from engine.cli import run_cli
 from engine.config import load_config
 from engine.sampler import GlobalBatchSampler
-from tests.helpers import TINY_DETECTOR
+from tests.helpers import TINY_DETECTOR, detectron2_names
 from tools import convert_weights, export, train_det
 
 TINY_FPN = ["model.backbone_options.width=8", "model.fpn.out_channels=16", "model.roi.fc_dim=32"]
@@ -41,6 +41,21 @@ def test_level_assignment_by_hand():
         assert assign_levels(boxes, 2, 5, rule=rule).tolist() == [2, 1, 3, 0, 0, 3, 2, 1]
     wide = torch.tensor([[0.0, 0.0, 448.0, 112.0]])  # sqrt(448 * 112) = 224
     assert assign_levels(wide, 2, 5).tolist() == [2]
+
+
+def test_the_two_level_rules_differ_just_below_each_boundary():
+    """At a boundary side b (112, 224, 448: log2(b / 224) whole), a box 1e-5 above or below is on the same level in
+    both libraries; 3e-7 below (float32: 111.99997, 223.99994, 447.99988), floor(4 + log2(s / 224)) lies a few
+    float32 steps under the whole number: detectron2's guard (1e-8 inside the log, below float32's resolution there)
+    leaves it on the lower level, torchvision's (1e-6 added after the log) lifts it to the upper one."""
+    rows = []
+    for b, lower in ((112.0, 0), (224.0, 1), (448.0, 2)):
+        rows += [(b * (1 + 1e-5), lower + 1, lower + 1), (b * (1 - 1e-5), lower, lower), (b, lower + 1, lower + 1),
+                 (b * (1 - 3e-7), lower, lower + 1)]
+    sides = torch.tensor([r[0] for r in rows])
+    boxes = torch.stack([torch.zeros(len(rows)), torch.zeros(len(rows)), sides, sides], dim=1)
+    assert assign_levels(boxes, 2, 5, rule="detectron2").tolist() == [r[1] for r in rows]
+    assert assign_levels(boxes, 2, 5, rule="torchvision").tolist() == [r[2] for r in rows]
 
 
 def test_anchors_per_level_by_hand():
@@ -131,30 +146,9 @@ def test_torchvision_fasterrcnn_resnet50_fpn_weights_give_its_detections(tmp_pat
     capsys.readouterr()
 
 
-def detectron2_fpn_state_dict(detector: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Our FPN detector in detectron2's names, written from detectron2's layout: the ResNet under
-    `backbone.bottom_up.` (`stem.conv1[.norm]`, `res<N>.<i>.conv<j>[.norm]`, `shortcut[.norm]`), the pyramid as
-    `backbone.fpn_lateral<2..5>` / `backbone.fpn_output<2..5>`, the RPN under `proposal_generator.rpn_head.`, the
-    box head as `fc1` / `fc2`, and a K+1-way classifier with background last."""
-    out = {}
-    for key, value in detector.state_dict().items():
-        key = key.replace("backbone.trunk.stages.", "backbone.bottom_up.").replace("stem.bn1.", "stem.conv1.norm.")
-        key = key.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
-        for j in (1, 2, 3):
-            key = key.replace(f".bn{j}.", f".conv{j}.norm.")
-        for i in range(4):
-            key = key.replace(f"backbone.fpn.lateral_convs.{i}.", f"backbone.fpn_lateral{i + 2}.")
-            key = key.replace(f"backbone.fpn.output_convs.{i}.", f"backbone.fpn_output{i + 2}.")
-        key = key.replace("rpn.head.", "proposal_generator.rpn_head.").replace("box_head.fc6.", "box_head.fc1.")
-        key = key.replace("box_head.fc7.", "box_head.fc2.")
-        if key.startswith("roi_heads.predictor.cls_score."):
-            value = torch.cat([value[1:], value[:1]])
-        out[key.replace("roi_heads.predictor.", "roi_heads.box_predictor.")] = value.clone()
-    return out
-
-
 def test_a_detectron2_fpn_checkpoint_gives_the_detector_it_was_written_from(tmp_path):
-    cfg = load_config(DEFAULTS, "detectron2_R50_FPN", [*TINY_FPN, "model.min_size=[96]", "model.test_min_size=96",
+    cfg = load_config(DEFAULTS, "detectron2_R50_FPN", [*TINY_FPN, "model.norm=frozen_bn", "model.min_size=[96]",
+                                                       "model.test_min_size=96",
                                                        "model.max_size=160"], open_keys=OPEN_KEYS, limits=LIMITS)
     torch.manual_seed(0)
     detector = build_detector(cfg, 3).eval()
@@ -166,7 +160,7 @@ def test_a_detectron2_fpn_checkpoint_gives_the_detector_it_was_written_from(tmp_
         expected = detector([image])[0]
     assert len(expected["boxes"]) > 10
     path = tmp_path / "model_final.pth"
-    torch.save({"model": detectron2_fpn_state_dict(detector)}, path)
+    torch.save({"model": detectron2_names(detector.state_dict())}, path)
     model, _ = import_detector(str(path), cfg, ["a", "b", "c"])
     with torch.no_grad():
         got = model([image])[0]

@@ -1,6 +1,7 @@
 """Weights from elsewhere: MSRA / Caffe2 pickles, detectron2 checkpoints, timm and torchvision files, read safely."""
 
 import copy
+import json
 import pickle
 
 import numpy as np
@@ -12,7 +13,7 @@ import backbones
 from detection.build import MODEL_DEFAULTS, build_detector
 from engine.cli import run_cli
 from engine.errors import UserError
-from tests.helpers import write_poisoned_pickle
+from tests.helpers import ROOT, detectron2_names, write_poisoned_pickle
 
 EPS = 1e-5
 
@@ -138,24 +139,24 @@ def test_convert_weights_round_trips_torchvision_and_msra(tmp_path, msra_file, c
 
 
 def detectron2_state_dict(detector: nn.Module) -> dict[str, torch.Tensor]:
-    """Our C4 detector in detectron2's names, written from detectron2's layout: `backbone.stem.conv1`,
-    `backbone.res<N>.<i>.conv<j>[.norm]`, `shortcut[.norm]`, res5 under `roi_heads.`, the RPN under
-    `proposal_generator.rpn_head.`, and a K+1-way classifier with background as the last class."""
-    out = {}
-    for key, value in detector.state_dict().items():
-        key = key.replace("backbone.stages.", "backbone.").replace("roi_heads.box_head.res5", "roi_heads.res5")
-        key = key.replace("stem.bn1.", "stem.conv1.norm.").replace("rpn.head.", "proposal_generator.rpn_head.")
-        key = key.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
-        for j in (1, 2, 3):
-            key = key.replace(f".bn{j}.", f".conv{j}.norm.")
-        if key == "roi_heads.predictor.cls_score.weight" or key == "roi_heads.predictor.cls_score.bias":
-            value = torch.cat([value[1:], value[:1]])  # background last
-        out[key.replace("roi_heads.predictor.", "roi_heads.box_predictor.")] = value.clone()
-    return out
+    return detectron2_names(detector.state_dict())
+
+
+@pytest.mark.parametrize("recipe,model", [("detectron2_R50_C4", "R50-C4"), ("detectron2_R50_FPN", "R50-FPN")])
+def test_detectron2_names_are_the_real_ones(recipe, model):
+    """The names (and shapes) the parity tests write detectron2 files with are those of detectron2's own R50
+    checkpoints, read from its model builder once (tests/data/detectron2_R50_keys.json)."""
+    from detection.train import DEFAULTS, OPEN_KEYS
+    from engine.config import load_config
+
+    real = json.loads((ROOT / "tests" / "data" / "detectron2_R50_keys.json").read_text())[model]["keys"]
+    cfg = load_config(DEFAULTS, recipe, ["model.norm=frozen_bn"], open_keys=OPEN_KEYS)  # as imported weights have
+    ours = {k: list(v.shape) for k, v in detectron2_names(build_detector(cfg, 80).state_dict()).items()}
+    assert ours == real
 
 
 TINY_DETECTRON2 = ["model.backbone_options.width=8", "model.min_size=[64]", "model.test_min_size=64",
-                   "model.max_size=128"]
+                   "model.max_size=128", "model.norm=frozen_bn"]  # as the imported weights have it
 
 
 @pytest.fixture
