@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 # what `model.norm` may be: a fixed affine map (fine-tuning from ImageNet weights, the paper's choice), batch
 # statistics (torchvision without weights), batch statistics over every process (torchrun), GroupNorm
@@ -162,15 +163,14 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def fold_conv_batchnorm(conv: nn.Conv2d, bn: FrozenBatchNorm2d | nn.BatchNorm2d) -> nn.Conv2d:
-    """A convolution computing `bn(conv(x))` of an eval-mode BN: weights scaled per output channel, the BN's
-    shift as the bias. The same map up to float rounding, one pass over the activations instead of two."""
-    scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+    """A convolution computing `bn(conv(x))` of an eval-mode BN (PyTorch's `fuse_conv_bn_weights`: weights scaled
+    per output channel, the BN's shift as the bias). The same map up to float rounding, one pass over the
+    activations instead of two."""
     folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode,
                        device=conv.weight.device, dtype=conv.weight.dtype)
-    folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    folded.bias.copy_(bn.bias + (bias - bn.running_mean) * scale)
+    folded.weight, folded.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                      bn.eps, bn.weight, bn.bias)
     return folded
 
 

@@ -53,7 +53,7 @@ class WeightFile:
     record: dict[str, Any] = field(default_factory=dict)  # what our runs record beside the weights (RECORD_KEYS)
 
     @property
-    def is_detector(self) -> bool:
+    def is_our_detector(self) -> bool:
         """A whole detector of ours (`train_det.py`'s model_final.pth / model_best.pth / checkpoints)."""
         return self.record.get("kind") == "faster_rcnn"
 

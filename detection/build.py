@@ -131,7 +131,7 @@ def resolve_start(cfg: DictConfig | dict, weights: WeightFile | None) -> None:
     keeps the norm it was trained with). From scratch: nothing frozen and `SCRATCH_NORM`, which trains."""
     m = cfg["model"]
     if m.get("norm") is None:
-        trained = weights.record["config"]["model"] if weights is not None and weights.is_detector else {}
+        trained = weights.record["config"]["model"] if weights is not None and weights.is_our_detector else {}
         m["norm"] = trained.get("norm", "frozen_bn") if weights is not None else SCRATCH_NORM
     if m.get("freeze_at") is None:
         m["freeze_at"] = PRETRAINED_FREEZE_AT if weights is not None else 0
@@ -190,7 +190,7 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
         for key, value in weights.record["frozen_bn"].items():
             if m["frozen_bn"][key] is None:
                 m["frozen_bn"][key] = value
-    classifier = _load_classifier(m, None if weights is None or weights.is_detector else weights)
+    classifier = _load_classifier(m, None if weights is None or weights.is_our_detector else weights)
     rpn_cfg, roi = m["rpn"], m["roi"]
     if family in ("resnet", "plain") and m["head"] == "fpn":
         trunk = backbones.backbone_from_model(classifier, ["res2", "res3", "res4", "res5"], freeze_at=m["freeze_at"],
@@ -248,7 +248,7 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
         if isinstance(module, FrozenBatchNorm2d):
             module.eps = module.eps if m["frozen_bn"]["eps"] is None else float(m["frozen_bn"]["eps"])
             module.fused = module.fused if m["frozen_bn"]["fused"] is None else bool(m["frozen_bn"]["fused"])
-    if weights is not None and (weights.is_detector or weights.extra):
+    if weights is not None and (weights.is_our_detector or weights.extra):
         load_detector_weights(model, weights, m)
     return model
 

@@ -1,6 +1,7 @@
 """Training Faster R-CNN with `engine.Trainer`: `train_detector(cfg, output_dir)` is what
 `tools/train_det.py` calls. A run leaves `model_final.pth`, `metrics.jsonl`/`metrics.json`, TensorBoard
-logs, `loss.png`, `map.png`, PR curves, the COCO results file and detections drawn on validation images."""
+logs, `loss.png` (training and validation loss), `<metric>.png` (validation mAP), PR curves, the COCO results
+file, detections drawn on validation images and the error analysis (`analysis/`)."""
 
 from __future__ import annotations
 

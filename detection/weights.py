@@ -1,4 +1,5 @@
-"""Whole detectors as starting points: ours (fine-tuning), and detectron2 Faster R-CNN C4 checkpoints.
+"""Whole detectors as starting points: ours (fine-tuning), detectron2's Faster R-CNN (C4, FPN) and torchvision's
+(`fasterrcnn_resnet50_fpn`).
 
 `backbones.read_weights` already turns a detectron2 file into our ResNet keys (`backbone.*` and
 `roi_heads.res5.*`) and keeps its RPN and box predictor aside (`WeightFile.extra`); `build_detector` loads
@@ -92,10 +93,11 @@ ARCHITECTURE_KEYS = ("backbone", "backbone_options", "pixel_mean", "pixel_std", 
 
 def load_detector_weights(model: FasterRCNN, weights: WeightFile, model_cfg: Any) -> None:
     """Load a whole detector into `model` (built from `model_cfg`, the config's `model` section): one of ours
-    (`weights.is_detector`) or the RPN and box predictor of a detectron2 C4 file (its ResNet is already in).
+    (`weights.is_our_detector`) or the heads (FPN, RPN, box head and predictor) of a detectron2 or torchvision
+    file (its ResNet is already in).
     When the file was trained for another number of classes, the class-specific predictor keeps its fresh
     initialisation (fine-tuning to new classes) and one line says so; any other difference is an error."""
-    if weights.is_detector:
+    if weights.is_our_detector:
         trained = weights.record["config"]["model"]
         current = to_dict(model_cfg)
         differ = [k for k in ARCHITECTURE_KEYS if trained.get(k) != current.get(k)]

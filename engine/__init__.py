@@ -1,4 +1,5 @@
-"""Shared runtime used by every task: errors, command-line entry, and (later) training plumbing."""
+"""Shared runtime used by every task: configs, checkpoints, distributed processes, the training loop, metrics,
+logging, precision, export, errors and the command-line wrapper (one module each)."""
 
 from engine.errors import UserError
 

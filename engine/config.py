@@ -7,6 +7,7 @@ Free-form sections (e.g. `model.options`) are marked open in the defaults by `op
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -72,10 +73,10 @@ RECIPE_SUFFIX = ".yaml"
 
 
 def recipes_root() -> Path:
-    """The shipped recipes: `engine/recipes/` in an installed wheel, `configs/` of a checkout."""
-    here = Path(__file__).resolve().parent
-    installed = here / "recipes"
-    return installed if installed.is_dir() else here.parent / "configs"
+    """The shipped recipes: the package data `engine/recipes/` of an installed wheel (importlib.resources), else
+    `configs/` of a checkout."""
+    installed = Path(str(importlib.resources.files("engine").joinpath("recipes")))
+    return installed if installed.is_dir() else Path(__file__).resolve().parents[1] / "configs"
 
 
 def list_recipes(kind: str | None = None) -> list[str]:

@@ -1,8 +1,9 @@
 """Python `logging` for every tool: plain lines on stdout and, for a run, its `log.txt`.
 
 Everything the toolkit reports goes through the `resnet_toolkit` logger. `setup_console()` (called by the
-command-line wrapper) prints its INFO lines on stdout on the main process; `log_to_file(path)` adds a run
-folder's `log.txt`, timestamped. A record logged with `extra=FILE_ONLY` reaches the file but not the
+command-line wrapper) prints its INFO lines on stdout on the main process, and routes Python warnings through
+logging (`logging.captureWarnings`) as one `warning: <message>` line on stderr; `log_to_file(path)` adds a run
+folder's `log.txt`, timestamped, for both. A record logged with `extra=FILE_ONLY` reaches the file but not the
 console: the trainer's periodic lines, while a progress bar already shows the same on a terminal.
 """
 
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,14 @@ def get_logger(name: str | None = None) -> logging.Logger:
 class _Stdout(logging.StreamHandler):
     """Writes to whatever `sys.stdout` is at the time (test harnesses swap it), never to a stale stream."""
 
+    target = "stdout"
+
     def __init__(self) -> None:
         super().__init__()
 
     @property
     def stream(self):
-        return sys.stdout
+        return getattr(sys, self.target)
 
     @stream.setter
     def stream(self, _value) -> None:
@@ -45,10 +48,23 @@ class _Stdout(logging.StreamHandler):
         return not getattr(record, "file_only", False) and super().filter(record)
 
 
-def _warning_line(message, category, filename, lineno, line=None) -> str:
-    """How a tool shows a Python warning: `warning: <message>` (no source line), copied to the run's log."""
-    get_logger().warning(f"warning: {message}", extra=FILE_ONLY)
-    return f"warning: {message}\n"
+class _Stderr(_Stdout):
+    target = "stderr"
+
+
+class _WarningLine(logging.Filter):
+    """Python warnings (`logging.captureWarnings` logs `file:line: Category: message` and the source line) as
+    `warning: <message>`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        match = re.match(r".*?:\d+: \w+: (.*?)\n", text, re.DOTALL)
+        record.msg, record.args = f"warning: {(match[1] if match else text).strip()}", ()
+        return True
+
+
+WARNINGS = logging.getLogger("py.warnings")
+WARNINGS.addFilter(_WarningLine())
 
 
 def setup_console(rank: int | None = None) -> None:
@@ -60,7 +76,10 @@ def setup_console(rank: int | None = None) -> None:
     logger.propagate = False
     if rank == 0 and not any(isinstance(h, _Stdout) for h in logger.handlers):
         logger.addHandler(_Stdout())
-    warnings.formatwarning = _warning_line
+    logging.captureWarnings(True)
+    WARNINGS.propagate = False
+    if not any(isinstance(h, _Stderr) for h in WARNINGS.handlers):
+        WARNINGS.addHandler(_Stderr())
 
 
 def log_to_file(path: str | os.PathLike) -> logging.Handler:
@@ -72,12 +91,14 @@ def log_to_file(path: str | os.PathLike) -> logging.Handler:
     logger = get_logger()
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
+    WARNINGS.addHandler(handler)
     return handler
 
 
 def close_file_log(handler: logging.Handler | None) -> None:
     if handler is not None:
         get_logger().removeHandler(handler)
+        WARNINGS.removeHandler(handler)
         handler.close()
 
 

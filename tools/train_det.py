@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a Faster R-CNN detector (ResNet C4 or VGG-16) on COCO, PASCAL VOC, your own data or the shapes set.
+"""Train a Faster R-CNN detector (ResNet C4 or FPN, VGG-16) on COCO, PASCAL VOC, your own data or the shapes set.
 
     # the paper's recipes on the public sets
     python tools/train_det.py --config configs/detection/voc0712_R101_C4.yaml --data /data/VOCdevkit \
