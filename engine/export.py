@@ -66,55 +66,56 @@ def _onnx_translations() -> dict[Any, Any]:
     return {torch.ops.torchvision.roi_pool.default: roi_pool}
 
 
-def onnx_max_differences(path: str | os.PathLike, model: nn.Module, inputs: Sequence[tuple[torch.Tensor, ...]],
-                         input_names: Sequence[str], detections: bool = False) -> list[dict[str, float]]:
-    """Run the ONNX file with onnxruntime and `model` with PyTorch on each input tuple: per input, the largest
-    absolute difference of every output (`inf` where the output shapes differ, e.g. another detection count),
-    and `count`, the length of the first output (logits rows, detections).
-
-    `detections`: the outputs are `(boxes, scores, labels)`, compared as sets (`detection_differences`), since
-    two detections whose scores differ in the last bits may come out in either order."""
+def onnx_outputs(path: str | os.PathLike, inputs: Sequence[tuple[torch.Tensor, ...]],
+                 input_names: Sequence[str]) -> list[tuple[torch.Tensor, ...]]:
+    """What onnxruntime computes for each input tuple."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
+    return [tuple(torch.from_numpy(g) for g in session.run(None, {n: a.numpy() for n, a in
+                                                               zip(input_names, args, strict=True)}))
+            for args in inputs]
+
+
+def torch_outputs(model: nn.Module, inputs: Sequence[tuple[torch.Tensor, ...]]) -> list[tuple[torch.Tensor, ...]]:
+    """What `model` (eval mode) computes for each input tuple, on the CPU."""
     device = next(model.parameters()).device
-    report = []
+    out = []
     for args in inputs:
         with torch.no_grad():
-            expected = model.eval()(*(a.to(device) for a in args))
-        expected = tuple(e.cpu() for e in (expected if isinstance(expected, tuple) else (expected,)))
-        got = tuple(torch.from_numpy(g) for g in session.run(
-            None, {n: a.numpy() for n, a in zip(input_names, args, strict=True)}))
-        row = {"count": float(len(expected[0]))}
-        if detections:
-            row.update(zip(names, detection_differences(expected, got), strict=True))
-        else:
-            for name, want, have in zip(names, expected, got, strict=True):
-                row[name] = _max_difference(want, have)
-        report.append(row)
-    return report
+            result = model.eval()(*(a.to(device) for a in args))
+        out.append(tuple(r.cpu() for r in (result if isinstance(result, tuple) else (result,))))
+    return out
 
 
-def _max_difference(want: torch.Tensor, have: torch.Tensor) -> float:
+def max_difference(want: torch.Tensor, have: torch.Tensor) -> float:
+    """The largest absolute difference of two tensors; `inf` where their shapes differ."""
     if want.shape != have.shape:
         return float("inf")
     return (want.double() - have.double()).abs().max().item() if want.numel() else 0.0
 
 
-def detection_differences(want: Sequence[torch.Tensor], have: Sequence[torch.Tensor]) -> tuple[float, float, float]:
-    """Boxes, scores and labels of two detection sets `(boxes (N, 4), scores (N,), labels (N,))`, order aside:
-    the farthest any box of either set is from the nearest box of the same label in the other (the largest
-    coordinate difference), and the largest differences of the sorted scores and sorted labels; `inf` where the
-    counts differ."""
+def detection_differences(want: Sequence[torch.Tensor], have: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Two detection sets `(boxes (N, 4), scores (N,), labels (N,))` compared record by record, order aside (two
+    detections whose scores differ in the last bits may come out in either order): each detection of `want`,
+    best first, is paired with the detection of `have` of the same label, not yet paired, whose box and score are
+    nearest (the largest of its coordinate differences and its score difference); returns the count and the
+    largest box and score differences over the pairs, `inf` where the counts differ or a detection finds no
+    partner of its label."""
     (want_boxes, want_scores, want_labels), (have_boxes, have_scores, have_labels) = (
         [t.double() for t in want], [t.double() for t in have])
+    count = float(len(want_boxes))
     if len(want_boxes) != len(have_boxes):
-        return float("inf"), float("inf"), float("inf")
-    if not len(want_boxes):
-        return 0.0, 0.0, 0.0
-    gaps = (want_boxes[:, None] - have_boxes[None]).abs().amax(-1)
-    gaps[want_labels[:, None] != have_labels[None]] = float("inf")
-    boxes = max(gaps.amin(1).max().item(), gaps.amin(0).max().item())
-    return (boxes, _max_difference(want_scores.sort().values, have_scores.sort().values),
-            _max_difference(want_labels.sort().values, have_labels.sort().values))
+        return {"count": count, "boxes": float("inf"), "scores": float("inf")}
+    box_gap = (want_boxes[:, None] - have_boxes[None]).abs().amax(-1)
+    score_gap = (want_scores[:, None] - have_scores[None]).abs()
+    cost = torch.maximum(box_gap, score_gap).masked_fill(want_labels[:, None] != have_labels[None], float("inf"))
+    boxes = scores = 0.0
+    taken = torch.zeros(len(have_boxes), dtype=torch.bool)
+    for i in torch.argsort(want_scores, descending=True, stable=True).tolist():
+        j = int(cost[i].masked_fill(taken, float("inf")).argmin()) if len(have_boxes) else -1
+        if j < 0 or not torch.isfinite(cost[i, j]):
+            return {"count": count, "boxes": float("inf"), "scores": float("inf")}
+        taken[j] = True
+        boxes, scores = max(boxes, box_gap[i, j].item()), max(scores, score_gap[i, j].item())
+    return {"count": count, "boxes": boxes, "scores": scores}

@@ -1,6 +1,7 @@
 """Deployment: classifiers and the detector exported to ONNX (checked with onnxruntime, an independent
 runtime), TorchScript and torch.export programs, at input sizes other than the one exported with."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,9 @@ def test_classifier_to_onnx_and_torchscript_at_other_sizes(tmp_path, capsys):
     save_weights(WeightFile(model.state_dict(), "test", "resnet18", {"width": 8}), tmp_path / "r18.pth")
     assert run_cli(export.main, ["--checkpoint", str(tmp_path / "r18.pth"), "--output", str(tmp_path / "r18.onnx"),
                                  "--size", "64", "64"]) == 0
-    assert "onnxruntime vs PyTorch on (3, 3, 96, 128)" in capsys.readouterr().out
+    check = json.loads((tmp_path / "r18.onnx.check.json").read_text())  # the tool's own check, its numbers
+    assert check["passed"] and [row["shape"] for row in check["inputs"]] == [[2, 3, 64, 64], [3, 3, 96, 128]]
+    assert all(row["against"]["as trained"]["logits"] <= 1e-4 for row in check["inputs"])
     x = torch.randn(5, 3, 80, 48)
     with torch.no_grad():
         expected = model(x)
@@ -71,14 +74,17 @@ def test_the_papers_detector_settings_export_too(tmp_path, capsys):
     own onnxruntime check (it exits 2 when the detections differ)."""
     _, path = tiny_detector_file(tmp_path, "model.roi.pooler=roipool", "model.rpn.min_box_size=16")
     assert run_cli(export.main, ["--checkpoint", str(path), "--output", str(tmp_path / "paper.onnx")]) == 0
-    assert capsys.readouterr().out.count("onnxruntime vs PyTorch") == 2
+    check = json.loads((tmp_path / "paper.onnx.check.json").read_text())
+    assert check["passed"] and check["compared"] > 0
+    assert {name for row in check["inputs"] for name in row["against"]} == {"inference copy", "as trained"}
 
 
 def test_detector_to_onnx_gives_the_same_detections_at_other_sizes(tmp_path, detector_file, capsys):
     detector, path = detector_file
     out = tmp_path / "det.onnx"
     assert run_cli(export.main, ["--checkpoint", str(path), "--output", str(out)]) == 0
-    assert "onnxruntime vs PyTorch on (3, 72, 160)" in capsys.readouterr().out  # the tool's own check
+    check = json.loads(Path(f"{out}.check.json").read_text())  # the tool's own check: the sample photograph
+    assert [row["shape"] for row in check["inputs"]] == [[3, 427, 640], [3, 320, 800]] and check["compared"] > 0
     image = torch.rand(3, 150, 110, generator=torch.Generator().manual_seed(2))  # resized inside to 96 x 70
     with torch.no_grad():
         expected = detector([image])[0]
@@ -113,6 +119,7 @@ def test_detector_onnx_with_no_detections(tmp_path, detector_file):
     save_checkpoint(checkpoint, tmp_path / "strict.pth")
     out = tmp_path / "x.onnx"
     assert run_cli(export.main, ["--checkpoint", str(tmp_path / "strict.pth"), "--output", str(out)]) == 0
+    assert json.loads(Path(f"{out}.check.json").read_text())["compared"] == 0  # and the tool said so
     boxes, scores, labels = run_onnx(out, torch.rand(3, 90, 120))
     assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)
 
@@ -129,9 +136,28 @@ def test_detection_sets_compare_without_their_order():
     boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 40, 50]])
     scores, labels = torch.tensor([0.9, 0.9000001]), torch.tensor([1, 2])
     swapped = (boxes.flip(0), scores.flip(0), labels.flip(0))
-    assert detection_differences((boxes, scores, labels), swapped) == (0.0, 0.0, 0.0)
-    moved = (boxes + torch.tensor([[0.0, 0, 0, 3], [0, 0, 0, 0]]), scores, labels)
-    assert detection_differences((boxes, scores, labels), moved)[0] == 3.0
+    assert detection_differences((boxes, scores, labels), swapped) == {"count": 2.0, "boxes": 0.0, "scores": 0.0}
+    moved = (boxes + torch.tensor([[0.0, 0, 0, 3], [0, 0, 0, 0]]), scores - torch.tensor([0.0, 0.25]), labels)
+    assert detection_differences((boxes, scores, labels), moved) == pytest.approx(
+        {"count": 2.0, "boxes": 3.0, "scores": 0.25})  # a box and a score of one record each
     relabelled = (boxes, scores, torch.tensor([2, 1]))
-    assert detection_differences((boxes, scores, labels), relabelled)[0] == 40.0  # its label's box is the other
-    assert detection_differences((boxes, scores, labels), (boxes[:1], scores[:1], labels[:1]))[0] == float("inf")
+    assert detection_differences((boxes, scores, labels), relabelled)["boxes"] == 40.0  # its label's box is the other
+    assert detection_differences((boxes, scores, labels), (boxes[:1], scores[:1], labels[:1]))["boxes"] == float("inf")
+
+
+def test_a_full_size_detector_exports_and_passes_its_check(tmp_path):
+    """torchvision's fasterrcnn_resnet50_fpn as converted (ResNet-50 FPN, 90 classes, its conventions), its frozen
+    BN calibrated on the sample photograph so that it detects things: the float32 rounding of 70 layers at 640 x 427
+    is within the tolerances that scale with them (a fixed 1e-3 px refused such a model)."""
+    cfg = load_config(DEFAULTS, "torchvision_R50_FPN", ["model.norm=frozen_bn"], open_keys=OPEN_KEYS)
+    torch.manual_seed(0)
+    detector = build_detector(cfg, 90).eval()
+    image = torch.from_numpy(np.array(__import__("PIL.Image").Image.open(export.SAMPLE_IMAGE).convert("RGB")))
+    image = image.permute(2, 0, 1).float() / 255
+    with torch.no_grad():
+        detector.roi_heads.predictor.cls_score.weight.normal_(0, 0.05)
+        calibrate_frozen_batchnorm(detector, lambda: detector([image]))
+    path = save_checkpoint(detector_checkpoint(detector, cfg, [f"c{i}" for i in range(90)]), tmp_path / "r50.pth")
+    assert run_cli(export.main, ["--checkpoint", str(path), "--output", str(tmp_path / "r50.onnx")]) == 0
+    check = json.loads((tmp_path / "r50.onnx.check.json").read_text())
+    assert check["passed"] and check["compared"] > 0 and check["layers"] > 60
