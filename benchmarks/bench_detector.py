@@ -27,10 +27,9 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFa
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from benchmarks.common import interleaved_times, machine_line
-from detection.build import build_detector
+from detection.build import build_detector, import_detector
 from detection.faster_rcnn import FasterRCNN, inference_copy
 from detection.train import DEFAULTS, LIMITS, OPEN_KEYS
-from detection.weights import import_detector
 from engine.config import load_config
 from engine.precision import autocast
 

@@ -10,7 +10,7 @@ its compiled extension); nothing of detectron2 is part of this project:
 Without `--weights` (no network here) the detectron2 model gets seeded random weights made realistic: each
 frozen BN gets a random affine map and is calibrated to normalise its input on the image
 (`backbones.layers.calibrate_frozen_batchnorm`), the box predictor gets spread-out scores. The weights are
-written as a detectron2 model-zoo `.pkl`, imported with `detection.weights.import_detector`, and both
+written as a detectron2 model-zoo `.pkl`, imported with `detection.build.import_detector`, and both
 detectors run on the image resized (as detectron2's `ResizeShortestEdge` does, with PIL) to the test size,
 so that no resampling difference enters. Prints the largest box and score differences over the kept
 detections, for our detector as imported and for its inference copy (frozen BN folded, channels last).
@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 
 from backbones.layers import calibrate_frozen_batchnorm
+from detection.build import import_detector
 from detection.faster_rcnn import inference_copy
 from detection.train import DEFAULTS, LIMITS, OPEN_KEYS
-from detection.weights import import_detector
 from engine.config import load_config
 
 

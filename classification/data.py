@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from backbones.weights import load_numpy_pickle
+from classification.config import DATASETS
 from engine.errors import UserError
 from engine.images import IMAGE_EXTENSIONS, load_rgb, read_for_device_decoding
 
@@ -157,3 +159,37 @@ def collate_skip_bad(batch: Sequence[tuple[torch.Tensor, int] | None]) -> tuple[
     else:
         images, labels = default_collate(good)
     return images, labels, len(batch) - len(good)
+
+
+def dataset_style(dataset: str) -> str:
+    """The transforms and statistics a dataset is trained with: ImageNet's, or CIFAR's (also the synthetic set)."""
+    return "imagenet" if dataset == "imagenet" else "cifar"
+
+
+def build_dataset(cfg: DictConfig, split: str, transform: Any, train: bool) -> tuple[Dataset, int]:
+    """The dataset `cfg.data.dataset` for `split` (None: the dataset's usual train/val split) and its class count."""
+    data = cfg.data
+    if data.dataset not in DATASETS:
+        raise UserError(f"unknown dataset {data.dataset!r}; valid: {', '.join(DATASETS)}")
+    if data.dataset == "synthetic":
+        syn = data.synthetic
+        size = syn.train_size if train else syn.val_size
+        ds = SyntheticImages(size, syn.num_classes, syn.image_size, seed=0 if train else 1, transform=transform)
+        return ds, syn.num_classes
+    if data.root is None:
+        raise UserError(f"--data DIR is required for dataset {data.dataset}")
+    if data.dataset == "cifar10":
+        ds = CIFAR10(data.root, split or ("train" if train else "test"), transform)
+        return ds, 10
+    ds = ImageFolder(Path(data.root) / (split or ("train" if train else "val")), transform, data.skip_bad_images,
+                     decode_min_side=max(data.scale_range) if train else None,  # JPEGs > 2x decode smaller
+                     encoded=train and data.decode_on_device)
+    return ds, len(ds.classes)
+
+
+def crop_size(cfg: DictConfig) -> int:
+    if cfg.data.crop_size:
+        return cfg.data.crop_size
+    if cfg.data.dataset == "synthetic":
+        return cfg.data.synthetic.image_size
+    return 224 if cfg.data.dataset == "imagenet" else 32

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 
 import backbones
 from backbones.weights import check_options
-from engine.distributed import all_reduce_sum
+from classification.data import build_dataset, collate_skip_bad, crop_size, dataset_style
+from classification.transforms import eval_transform
+from engine.distributed import DistInfo, all_reduce_sum
 from engine.errors import UserError
 from engine.logs import progress_bar
 from engine.precision import autocast
+from engine.sampler import SeededDataset, ShardSampler
 
 
 def view_probabilities(model: nn.Module, images, mode: str, channels_last: bool = False) -> torch.Tensor:
@@ -91,3 +95,17 @@ def load_classifier(weights: str | backbones.WeightFile, arch: str | None = None
     model = backbones.build_model(arch, head.shape[0], **options)
     backbones.load_weights(model, weights, arch=arch)
     return model, arch
+
+
+def eval_loader(cfg: DictConfig, dist: DistInfo, mode: str = "center", split: str | None = None,
+                batch_size: int | None = None) -> DataLoader:
+    """Batches of the evaluation split `cfg.data` names (or `split`), with the test views of `mode`, sharded over
+    the processes."""
+    data = cfg.data
+    transform = eval_transform(dataset_style(data.dataset), mode, crop_size(cfg), data.test_resize, data.test_scales)
+    dataset, _ = build_dataset(cfg, split or data.val_split, transform, train=False)
+    batch = 1 if mode == "multi_scale" else (batch_size or cfg.train.eval_batch_size)
+    return DataLoader(SeededDataset(dataset), batch_sampler=ShardSampler(len(dataset), batch, dist.rank,
+                                                                          dist.world_size),
+                      num_workers=data.workers, collate_fn=collate_skip_bad, pin_memory=dist.device.type == "cuda",
+                      generator=torch.Generator())

@@ -25,9 +25,13 @@ from detection.matcher import Matcher
 from detection.roi_heads import C4BoxHead, FastRCNNPredictor, FCBoxHead, RoIHeads, RoIPooler
 from detection.rpn import RegionProposalNetwork, RPNHead
 from detection.transform import DetectionTransform
+from detection.weights import detector_num_classes, load_detector_weights
 from engine.checkpoint import load_checkpoint
 from engine.config import to_dict
 from engine.errors import UserError
+from engine.logs import get_logger
+
+logger = get_logger("detection")
 
 MODEL_DEFAULTS: dict[str, Any] = {
     "backbone": "resnet101",
@@ -178,8 +182,6 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
     `weights` (already read) or the file `cfg.model.weights` names: ImageNet classifier weights for the
     backbone, or a whole detector (ours, or detectron2's C4), whose class-specific predictor is re-initialised
     when it was trained for another number of classes."""
-    from detection.weights import load_detector_weights  # it builds detectors too
-
     m = cfg["model"]
     family = backbones.model_info(m["backbone"]).family
     if weights is None and m["weights"]:
@@ -291,3 +293,51 @@ def detector_from_checkpoint(state: dict[str, Any], path: str | os.PathLike
                         f"({len(missing)} missing, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
                         f"e.g. {unexpected[:2]})")
     return model, cfg, state["class_names"]
+
+
+def import_detector(weights: str | WeightFile, cfg: DictConfig | dict[str, Any],
+                    class_names: list[str] | None = None) -> tuple[FasterRCNN, dict[str, Any]]:
+    """Our Faster R-CNN with the weights of a detectron2 (C4, FPN) or torchvision (`fasterrcnn_resnet50_fpn`)
+    detector (a `.pkl` / `.pth` path, or the file already read), and the detector checkpoint
+    (`detection.build.detector_checkpoint`) that `eval_det.py` / `predict.py` read.
+
+    `cfg` must describe that library's model (`configs/detection/detectron2_R50_C4.yaml`,
+    `detectron2_R50_FPN.yaml`, `torchvision_R50_FPN.yaml`); `class_names` default to COCO's 80 or VOC's 20 when
+    the file has that many classes, and to torchvision's 90 COCO labels (category ids, gaps named "N/A").
+    """
+    if not isinstance(weights, WeightFile):
+        weights = backbones.read_weights(weights)
+    if not weights.extra:
+        raise UserError(f"{weights.source}: a backbone's weights, not a trained detector")
+    num_classes = detector_num_classes(weights)
+    category_ids = None
+    if class_names is None:
+        class_names, category_ids = default_class_names(num_classes, weights)
+        which = {80: "COCO's 80", 20: "PASCAL VOC's 20", 90: "torchvision's 90 COCO labels"}[num_classes]
+        logger.info(f"{weights.source}: {num_classes} classes, named as {which} by their count; give --class-names "
+                    "if the detector was trained on others")
+    if len(class_names) != num_classes:
+        raise UserError(f"{weights.source}: the detector has {num_classes} classes but {len(class_names)} names "
+                        "were given")
+    cfg = to_dict(cfg)
+    cfg["model"]["weights"] = None  # the checkpoint carries every weight itself
+    model = build_detector(cfg, num_classes, weights)
+    return model.eval(), detector_checkpoint(model, cfg, class_names, category_ids)
+
+
+def default_class_names(num_classes: int, weights: WeightFile) -> tuple[list[str], list[int] | None]:
+    """The class names a detector of `num_classes` classes was most likely trained for, and their COCO category
+    ids where the labels are those ids (torchvision's 90)."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    from detection.data.coco import COCO_CLASSES
+    from detection.data.voc import VOC_CLASSES
+
+    torchvision_coco = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"][1:]  # labels 1..90, "N/A" gaps
+    if weights.format == "torchvision" and num_classes == len(torchvision_coco):
+        return list(torchvision_coco), list(range(1, num_classes + 1))
+    for names in (COCO_CLASSES, VOC_CLASSES):
+        if len(names) == num_classes:
+            return list(names), None
+    raise UserError(f"{weights.source}: {num_classes} classes (neither COCO's 80 nor VOC's 20); give their names "
+                    "(--class-names a,b,c or a file with one name per line)")

@@ -6,7 +6,6 @@ file, detections drawn on validation images and the error analysis (`analysis/`)
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -36,11 +35,11 @@ from detection.tiling import TiledDataset, Tiling
 from detection.visualize import draw_detections, save_image
 from engine.checkpoint import save_checkpoint
 from engine.config import to_dict
-from engine.logs import close_file_log, get_logger
+from engine.logs import get_logger
 from engine.metrics import MetricWriter, plot_curves, read_metrics
 from engine.sampler import GlobalBatchSampler, SeededDataset
 from engine.schedule import LRSchedule
-from engine.trainer import Trainer, TrainerOptions, start_run
+from engine.trainer import Trainer, data_parallel, run_training, trainer_options, write_summary
 
 DEFAULTS: dict[str, Any] = {
     "model": copy.deepcopy(MODEL_DEFAULTS),
@@ -124,11 +123,7 @@ def visualize(dataset: DetectionDataset, detections, out_dir: Path, count: int,
 
 def train_detector(cfg: DictConfig, output_dir: str | os.PathLike, resume: bool | str = False) -> dict[str, Any]:
     """Train per `cfg`, evaluate with the dataset's metrics; returns `{metric: result}` of the final model."""
-    output_dir, dist, log_file = start_run(cfg, output_dir, resume)
-    try:
-        return _train(cfg, output_dir, dist, resume)
-    finally:
-        close_file_log(log_file)
+    return run_training(cfg, output_dir, resume, lambda folder, dist: _train(cfg, folder, dist, resume))
 
 
 def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[str, Any]:
@@ -140,10 +135,7 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
                 + (f"evaluation set: {len(val_set)} images" if val_set is not None else "no evaluation set"))
     model = build_detector(cfg, num_classes=len(class_names)).to(dist.device)
     logger.info(describe_start(cfg))
-    train_model: nn.Module = model
-    if dist.world_size > 1:
-        ids = [dist.device.index] if dist.device.type == "cuda" else None
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    train_model = data_parallel(model, dist)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=solver.lr, momentum=solver.momentum, weight_decay=solver.weight_decay)
     schedule = LRSchedule(solver.lr, steps=solver.steps, gamma=solver.gamma, warmup_iters=solver.warmup_iters,
@@ -193,12 +185,7 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
                                    if thresholds else None)
 
     periodic = bool(cfg.train.eval_period) and val_set is not None
-    options = TrainerOptions(max_iter=solver.max_iter, output_dir=output_dir, accumulate=solver.accumulate,
-                             amp=cfg.train.amp, log_period=cfg.train.log_period, eval_period=cfg.train.eval_period,
-                             checkpoint_period=cfg.train.checkpoint_period, progress=cfg.train.progress,
-                             keep_checkpoints=cfg.train.keep_checkpoints, clip_grad_norm=solver.clip_grad_norm,
-                             best_metric=primary_metric(metrics_names) if periodic else None,
-                             patience=cfg.train.patience)
+    options = trainer_options(cfg, output_dir, solver.max_iter, primary_metric(metrics_names) if periodic else None)
     writer = MetricWriter(output_dir, enabled=dist.is_main)
     trainer = Trainer(train_model, optimizer, schedule, make_batches, step, options, dist,
                       evaluate=evaluate if val_set is not None else None, writer=writer,
@@ -210,12 +197,7 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
     results = {k: v for k, v in last_results.items() if not k.startswith("_")}
     if dist.is_main:
         final = save_checkpoint(final_state(), output_dir / "model_final.pth")
-        summary = {"iterations": trainer.iteration, **results}
-        if trainer.best is not None:
-            summary["best"] = {**trainer.best, "checkpoint": "model_best.pth"}
-        if trainer.stopped_early is not None:
-            summary["stopped_early"] = {"iteration": trainer.stopped_early, "patience": cfg.train.patience}
-        (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        write_summary(output_dir, trainer, results)
         records = read_metrics(output_dir)
         plot_curves({"loss": records}, output_dir / "loss.png", key="loss", ylabel="total loss",
                     title="training loss (dashed) and validation loss")

@@ -1,5 +1,6 @@
-"""Whole detectors as starting points: ours (fine-tuning), detectron2's Faster R-CNN (C4, FPN) and torchvision's
-(`fasterrcnn_resnet50_fpn`).
+"""Whole detectors' state dicts in our keys: ours (fine-tuning), detectron2's Faster R-CNN (C4, FPN) and
+torchvision's (`fasterrcnn_resnet50_fpn`). Building a detector from such a file is `detection.build`'s
+(`import_detector`); this module only maps and loads weights.
 
 `backbones.read_weights` already turns a detectron2 file into our ResNet keys (`backbone.*` and
 `roi_heads.res5.*`) and keeps its RPN and box predictor aside (`WeightFile.extra`); `build_detector` loads
@@ -14,9 +15,7 @@ import re
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
-import backbones
 from backbones.weights import WeightFile
 from detection.faster_rcnn import FasterRCNN
 from engine.config import to_dict
@@ -135,53 +134,3 @@ def load_detector_weights(model: FasterRCNN, weights: WeightFile, model_cfg: Any
                         f"{missing[:3] or 'none'}; unexpected: {unexpected[:3] or 'none'}; file vs model: "
                         f"{wrong[:3] or 'none'}){hint}")
     model.load_state_dict(state, strict=False)
-
-
-def import_detector(weights: str | WeightFile, cfg: DictConfig | dict[str, Any],
-                    class_names: list[str] | None = None) -> tuple[FasterRCNN, dict[str, Any]]:
-    """Our Faster R-CNN with the weights of a detectron2 (C4, FPN) or torchvision (`fasterrcnn_resnet50_fpn`)
-    detector (a `.pkl` / `.pth` path, or the file already read), and the detector checkpoint
-    (`detection.build.detector_checkpoint`) that `eval_det.py` / `predict.py` read.
-
-    `cfg` must describe that library's model (`configs/detection/detectron2_R50_C4.yaml`,
-    `detectron2_R50_FPN.yaml`, `torchvision_R50_FPN.yaml`); `class_names` default to COCO's 80 or VOC's 20 when
-    the file has that many classes, and to torchvision's 90 COCO labels (category ids, gaps named "N/A").
-    """
-    if not isinstance(weights, WeightFile):
-        weights = backbones.read_weights(weights)
-    if not weights.extra:
-        raise UserError(f"{weights.source}: a backbone's weights, not a trained detector")
-    num_classes = detector_num_classes(weights)
-    category_ids = None
-    if class_names is None:
-        class_names, category_ids = default_class_names(num_classes, weights)
-        which = {80: "COCO's 80", 20: "PASCAL VOC's 20", 90: "torchvision's 90 COCO labels"}[num_classes]
-        logger.info(f"{weights.source}: {num_classes} classes, named as {which} by their count; give --class-names "
-                    "if the detector was trained on others")
-    if len(class_names) != num_classes:
-        raise UserError(f"{weights.source}: the detector has {num_classes} classes but {len(class_names)} names "
-                        "were given")
-    from detection.build import build_detector, detector_checkpoint  # build imports this module
-
-    cfg = to_dict(cfg)
-    cfg["model"]["weights"] = None  # the checkpoint carries every weight itself
-    model = build_detector(cfg, num_classes, weights)
-    return model.eval(), detector_checkpoint(model, cfg, class_names, category_ids)
-
-
-def default_class_names(num_classes: int, weights: WeightFile) -> tuple[list[str], list[int] | None]:
-    """The class names a detector of `num_classes` classes was most likely trained for, and their COCO category
-    ids where the labels are those ids (torchvision's 90)."""
-    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
-
-    from detection.data.coco import COCO_CLASSES
-    from detection.data.voc import VOC_CLASSES
-
-    torchvision_coco = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"][1:]  # labels 1..90, "N/A" gaps
-    if weights.format == "torchvision" and num_classes == len(torchvision_coco):
-        return list(torchvision_coco), list(range(1, num_classes + 1))
-    for names in (COCO_CLASSES, VOC_CLASSES):
-        if len(names) == num_classes:
-            return list(names), None
-    raise UserError(f"{weights.source}: {num_classes} classes (neither COCO's 80 nor VOC's 20); give their names "
-                    "(--class-names a,b,c or a file with one name per line)")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from omegaconf import DictConfig
@@ -37,13 +38,14 @@ from engine.checkpoint import (
 from engine.config import save_config
 from engine.distributed import DistInfo, all_gather_object, all_reduce, init_distributed
 from engine.errors import UserError
-from engine.logs import FILE_ONLY, get_logger, log_to_file, progress_bar
+from engine.logs import FILE_ONLY, close_file_log, get_logger, log_to_file, progress_bar
 from engine.metrics import MetricWriter
 from engine.precision import autocast, check_amp
 from engine.schedule import LRSchedule
 
 _NONE = torch.iinfo(torch.int64).max  # "no non-finite loss seen yet"
 
+T = TypeVar("T")
 Losses = Mapping[str, torch.Tensor]
 Stats = Mapping[str, "torch.Tensor | float"]  # per-batch figures besides the losses, e.g. the error
 
@@ -95,6 +97,49 @@ def start_run(cfg: DictConfig, output_dir: str | Path, resume: bool | str | Path
         handler = log_to_file(output_dir / "log.txt")
     torch.manual_seed(cfg.train.seed)
     return output_dir, dist, handler
+
+
+def run_training(cfg: DictConfig, output_dir: str | Path, resume: bool | str | Path,
+                 body: Callable[[Path, DistInfo], T]) -> T:
+    """`start_run`, then `body(output_dir, dist)`, the run's log file closed whatever happens: the frame of both
+    tasks' training functions."""
+    output_dir, dist, log_file = start_run(cfg, output_dir, resume)
+    try:
+        return body(output_dir, dist)
+    finally:
+        close_file_log(log_file)
+
+
+def data_parallel(model: nn.Module, dist: DistInfo) -> nn.Module:
+    """`model` wrapped for DistributedDataParallel under torchrun (one device per process), else itself."""
+    if dist.world_size == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[dist.device.index] if dist.device.type == "cuda"
+                                               else None)
+
+
+def trainer_options(cfg: DictConfig, output_dir: Path, max_iter: int, best_metric: str | None,
+                    best_mode: str = "max") -> TrainerOptions:
+    """The loop's options from a task config's `solver` (accumulate, clip_grad_norm) and `train` sections (amp,
+    log / eval / checkpoint periods, kept checkpoints, progress, patience)."""
+    train = cfg.train
+    return TrainerOptions(max_iter=max_iter, output_dir=output_dir, accumulate=cfg.solver.accumulate, amp=train.amp,
+                          clip_grad_norm=cfg.solver.clip_grad_norm, log_period=train.log_period,
+                          eval_period=train.eval_period, checkpoint_period=train.checkpoint_period,
+                          keep_checkpoints=train.keep_checkpoints, progress=train.progress, best_metric=best_metric,
+                          best_mode=best_mode, patience=train.get("patience", 0))
+
+
+def write_summary(output_dir: Path, trainer: Trainer, results: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """`metrics.json`: the final results, the iterations run, `extra`, and where training kept its best model
+    (`"best"`) and stopped early (`"stopped_early"`)."""
+    summary = {**results, "iterations": trainer.iteration, **extra}
+    if trainer.best is not None:
+        summary["best"] = {**trainer.best, "checkpoint": "model_best.pth"}
+    if trainer.stopped_early is not None:
+        summary["stopped_early"] = {"iteration": trainer.stopped_early, "patience": trainer.options.patience}
+    (Path(output_dir) / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary
 
 
 def _duration(seconds: float) -> str:

@@ -15,7 +15,7 @@ from torchvision.transforms import functional as TF
 import backbones
 from classification.data import CIFAR10, ImageFolder, SyntheticImages, collate_skip_bad, read_cifar_batch
 from classification.evaluate import topk_errors
-from classification.train import recompute_bn_stats
+from classification.precise_bn import recompute_bn_stats
 from classification.transforms import (
     DeviceTrainTransform,
     PCALighting,

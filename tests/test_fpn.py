@@ -16,12 +16,11 @@ from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBN
 import backbones
 from backbones.layers import calibrate_frozen_batchnorm
 from detection.anchors import AnchorGenerator
-from detection.build import MODEL_DEFAULTS, build_detector, detector_checkpoint, load_detector
+from detection.build import MODEL_DEFAULTS, build_detector, detector_checkpoint, import_detector, load_detector
 from detection.data.shapes import make_shapes
 from detection.fpn import BackboneWithFPN
 from detection.roi_heads import assign_levels
 from detection.train import DEFAULTS, LIMITS, OPEN_KEYS
-from detection.weights import import_detector
 from engine.checkpoint import save_checkpoint
 from engine.cli import run_cli
 from engine.config import load_config

@@ -16,8 +16,8 @@ from torch import nn
 from torchvision.ops import nms
 
 import backbones
-from classification.train import DEFAULTS as CLS_DEFAULTS
-from classification.train import OPEN_KEYS as CLS_OPEN_KEYS
+from classification.config import DEFAULTS as CLS_DEFAULTS
+from classification.config import OPEN_KEYS as CLS_OPEN_KEYS
 from classification.train import build_schedule
 from classification.transforms import CIFAR_MEAN, CIFAR_STD, train_transform
 from detection.anchors import AnchorGenerator

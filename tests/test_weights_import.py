@@ -180,7 +180,7 @@ def detectron2_detector():
 
 
 def test_a_detectron2_checkpoint_loads_and_reproduces_the_known_detector(tmp_path, detectron2_detector):
-    from detection.weights import import_detector
+    from detection.build import import_detector
 
     detector, cfg = detectron2_detector
     image = torch.rand(3, 64, 96, generator=torch.Generator().manual_seed(1))

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from itertools import islice
 
 from classification.analysis import plot_responses, response_stds
-from classification.evaluate import load_classifier
-from classification.train import DEFAULTS, OPEN_KEYS, eval_loader
+from classification.config import DEFAULTS, OPEN_KEYS
+from classification.evaluate import eval_loader, load_classifier
 from engine.cli import ToolParser, positive_int, run_cli
 from engine.config import load_config
 from engine.distributed import init_distributed

@@ -36,11 +36,11 @@ import torchvision
 import backbones
 from backbones.features import model_head_prefixes
 from backbones.weights import FORMATS, WeightFile, save_weights, torchvision_mismatch
+from detection.build import import_detector
 from detection.data.catalog import parse_class_names
 from detection.train import DEFAULTS as DETECTION_DEFAULTS
 from detection.train import LIMITS as DETECTION_LIMITS
 from detection.train import OPEN_KEYS as DETECTION_OPEN_KEYS
-from detection.weights import import_detector
 from engine.checkpoint import save_checkpoint
 from engine.cli import ToolParser, run_cli
 from engine.config import load_config, parse_key_values

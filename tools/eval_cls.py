@@ -19,8 +19,8 @@ import json
 from collections.abc import Sequence
 
 import backbones
-from classification.evaluate import evaluate, load_classifier
-from classification.train import DEFAULTS, LIMITS, OPEN_KEYS, eval_loader
+from classification.config import DEFAULTS, LIMITS, OPEN_KEYS
+from classification.evaluate import eval_loader, evaluate, load_classifier
 from engine.cli import ToolParser, non_negative_int, positive_int, run_cli
 from engine.config import load_config, parse_key_values
 from engine.distributed import init_distributed

@@ -17,7 +17,8 @@ if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without
 
 from collections.abc import Sequence
 
-from classification.train import DEFAULTS, LIMITS, OPEN_KEYS, RESUME_MAY_CHANGE, train_classifier
+from classification.config import DEFAULTS, LIMITS, OPEN_KEYS, RESUME_MAY_CHANGE
+from classification.train import train_classifier
 from engine.cli import ToolParser, add_recipe_arguments, run_cli, run_config
 from engine.logs import get_logger
 from engine.precision import AMP_CHOICES
