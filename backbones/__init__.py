@@ -8,9 +8,10 @@
 from backbones import cifar, resnet, vgg  # noqa: F401  (importing registers the models)
 from backbones.features import Backbone, ShapeSpec, backbone_from_model, build_backbone, split_model
 from backbones.layers import NORMS, FrozenBatchNorm2d, SyncBatchNorm2d, ZeroPadShortcut, convert_norm, freeze_batchnorm
+from backbones.layouts import guess_arch
 from backbones.registry import ModelInfo, build_model, list_models, model_info
 from backbones.stats import count_multiply_adds, count_parameters, model_stats, paper_table
-from backbones.weights import WeightFile, guess_arch, load_weights, read_weights
+from backbones.weights import WeightFile, load_weights, read_weights
 
 __all__ = [
     "NORMS", "Backbone", "FrozenBatchNorm2d", "ModelInfo", "ShapeSpec", "SyncBatchNorm2d", "WeightFile",

@@ -18,10 +18,10 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from backbones.weights import load_numpy_pickle
 from classification.config import DATASETS
 from engine.errors import UserError
 from engine.images import IMAGE_EXTENSIONS, load_rgb, read_for_device_decoding
+from engine.unpickle import load_numpy_pickle
 
 
 class ImageFolder(Dataset):

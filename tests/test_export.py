@@ -10,7 +10,8 @@ import torch
 
 import backbones
 from backbones.layers import calibrate_frozen_batchnorm
-from backbones.weights import WeightFile, save_weights
+from backbones.saving import save_weights
+from backbones.weights import WeightFile
 from detection.build import build_detector, detector_checkpoint
 from detection.train import DEFAULTS, OPEN_KEYS
 from engine.checkpoint import save_checkpoint

@@ -35,7 +35,8 @@ import torchvision
 
 import backbones
 from backbones.features import model_head_prefixes
-from backbones.weights import FORMATS, WeightFile, save_weights, torchvision_mismatch
+from backbones.saving import save_weights, torchvision_mismatch
+from backbones.weights import FORMATS, WeightFile
 from detection.build import import_detector
 from detection.data.catalog import parse_class_names
 from detection.train import DEFAULTS as DETECTION_DEFAULTS
