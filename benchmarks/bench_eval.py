@@ -15,9 +15,11 @@ import tempfile
 import time
 
 import numpy as np
+import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from benchmarks.common import machine_line
 from detection.data.coco import coco_from_dict
 from detection.data.common import GroundTruth
 from detection.evaluation.analysis import analyze
@@ -62,7 +64,8 @@ def main() -> None:
     parser.add_argument("--no-analyze", action="store_true", help="skip timing the error analysis")
     args = parser.parse_args()
     gt, results = synthetic(args.images, args.dets, args.classes)
-    print(f"{args.images} images, {len(gt['annotations'])} ground-truth boxes, {len(results)} detections")
+    print(f"{args.images} images, {len(gt['annotations'])} ground-truth boxes, {len(results)} detections; "
+          f"{machine_line(torch.device('cpu'))}")
 
     def direct() -> list[float]:
         with contextlib.redirect_stdout(io.StringIO()):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -40,7 +43,29 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], device: torch.devi
     return {name: t["wall"] for name, t in interleaved_times(fns, device, repeats, warmup).items()}
 
 
+def cpu_model() -> str:
+    """The processor's name and the widest vector instructions it has (from /proc/cpuinfo where there is one)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name in ("", platform.machine(), platform.processor()):
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    vector = next((v for v in ("avx512f", "avx2", "avx", "sse4_2") if v in flags), "")
+    return f"{name}{f' ({vector})' if vector else ''}"
+
+
 def machine_line(device: torch.device) -> str:
+    """What two machines' figures differ by: the processor (or GPU), cores, the threads torch uses (and the
+    OMP / MKL settings), and torch's build (CUDA or CPU-only, oneDNN)."""
+    build = f"torch {torch.__version__} ({'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU-only'} build"
+    build += f", oneDNN {torch.backends.mkldnn.is_available()})"
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"CPU x{torch.get_num_threads()} threads, torch {torch.__version__}"
+        return f"{torch.cuda.get_device_name(device)}; {build}"
+    settings = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ)
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+            f"{f' ({settings})' if settings else ''}; {build}")

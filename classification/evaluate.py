@@ -16,7 +16,7 @@ from engine.distributed import DistInfo, all_reduce_sum
 from engine.errors import UserError
 from engine.logs import progress_bar
 from engine.precision import autocast
-from engine.sampler import SeededDataset, ShardSampler
+from engine.sampler import ShardSampler, seeded_loader
 
 
 def view_probabilities(model: nn.Module, images, mode: str, channels_last: bool = False) -> torch.Tensor:
@@ -105,7 +105,5 @@ def eval_loader(cfg: DictConfig, dist: DistInfo, mode: str = "center", split: st
     transform = eval_transform(dataset_style(data.dataset), mode, crop_size(cfg), data.test_resize, data.test_scales)
     dataset, _ = build_dataset(cfg, split or data.val_split, transform, train=False)
     batch = 1 if mode == "multi_scale" else (batch_size or cfg.train.eval_batch_size)
-    return DataLoader(SeededDataset(dataset), batch_sampler=ShardSampler(len(dataset), batch, dist.rank,
-                                                                          dist.world_size),
-                      num_workers=data.workers, collate_fn=collate_skip_bad, pin_memory=dist.device.type == "cuda",
-                      generator=torch.Generator())
+    return seeded_loader(dataset, ShardSampler(len(dataset), batch, dist.rank, dist.world_size), data.workers,
+                         collate_skip_bad, pin_memory=dist.device.type == "cuda")

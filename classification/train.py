@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader
 
 import backbones
 from classification.data import build_dataset, collate_skip_bad, crop_size, dataset_style
@@ -36,7 +35,7 @@ from engine.distributed import DistInfo, all_reduce_sum
 from engine.errors import UserError
 from engine.logs import get_logger
 from engine.metrics import MetricWriter, plot_curves, read_metrics
-from engine.sampler import GlobalBatchSampler, SeededDataset
+from engine.sampler import GlobalBatchSampler, seeded_loader
 from engine.schedule import LRSchedule
 from engine.trainer import Trainer, data_parallel, run_training, trainer_options, write_summary
 
@@ -103,10 +102,8 @@ def _train(cfg: DictConfig, output_dir: Path, dist: DistInfo, resume: bool | str
         sampler = GlobalBatchSampler(len(train_set), solver.batch_size, accumulate=solver.accumulate,
                                      rank=dist.rank, world_size=dist.world_size, seed=cfg.train.seed,
                                      start_iter=start_iter)
-        batches = iter(DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=data.workers,
-                                  collate_fn=collate_skip_bad, pin_memory=dist.device.type == "cuda",
-                                  persistent_workers=data.workers > 0,
-                                  generator=torch.Generator()))  # never draw from the global RNG
+        batches = iter(seeded_loader(train_set, sampler, data.workers, collate_skip_bad,
+                                     pin_memory=dist.device.type == "cuda", persistent=True))
         if device_tf is None:
             return batches
         return ((device_tf(images), labels, bad) for images, labels, bad in batches)

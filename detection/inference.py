@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.utils.data import DataLoader
 
 from detection.data.common import DetectionDataset, collate_detection
 from detection.evaluation.evaluator import evaluate_detections
@@ -19,7 +18,7 @@ from detection.transform import DetectionTransform
 from engine.distributed import all_gather_object, all_reduce, get_rank, get_world_size
 from engine.logs import progress_bar
 from engine.precision import autocast
-from engine.sampler import SeededDataset, ShardSampler
+from engine.sampler import ShardSampler, seeded_loader
 
 Detections = dict[int, dict[str, np.ndarray]]
 
@@ -32,9 +31,8 @@ def run_inference(model: FasterRCNN, dataset: DetectionDataset, device: torch.de
     itself, in training or not, is left as it was. With `tiling`, each image runs as tiles (`batch_size` tiles
     at a time) whose detections are merged in its coordinates."""
     fast = inference_copy(model, compile=compile)
-    loader = DataLoader(SeededDataset(dataset), batch_sampler=ShardSampler(len(dataset), batch_size, get_rank(),
-                                                                           get_world_size()),
-                        num_workers=workers, collate_fn=collate_detection, generator=torch.Generator())
+    loader = seeded_loader(dataset, ShardSampler(len(dataset), batch_size, get_rank(), get_world_size()), workers,
+                           collate_detection)
     mine: Detections = {}
     def detect(images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         with torch.inference_mode(), autocast(device, amp):
@@ -67,9 +65,8 @@ def validation_losses(model: FasterRCNN, dataset: DetectionDataset, device: torc
         if isinstance(module, (_BatchNorm, nn.Dropout, DetectionTransform)):
             module.eval()  # running statistics, no dropout, the test size
     view = dataset.without_augmentation()
-    loader = DataLoader(SeededDataset(view), batch_sampler=ShardSampler(len(view), batch_size, get_rank(),
-                                                                        get_world_size()),
-                        num_workers=workers, collate_fn=collate_detection, generator=torch.Generator())
+    loader = seeded_loader(view, ShardSampler(len(view), batch_size, get_rank(), get_world_size()), workers,
+                           collate_detection)
     totals: dict[str, torch.Tensor] = {}
     images_seen = torch.zeros((), device=device)
     try:

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader
 
 from detection.build import (
     FRACTION,
@@ -37,7 +36,7 @@ from engine.checkpoint import save_checkpoint
 from engine.config import to_dict
 from engine.logs import get_logger
 from engine.metrics import MetricWriter, plot_curves, read_metrics
-from engine.sampler import GlobalBatchSampler, SeededDataset
+from engine.sampler import GlobalBatchSampler, seeded_loader
 from engine.schedule import LRSchedule
 from engine.trainer import Trainer, data_parallel, run_training, trainer_options, write_summary
 
@@ -147,10 +146,8 @@ def _train(cfg: DictConfig, output_dir: Path, dist, resume: bool | str) -> dict[
         sampler = GlobalBatchSampler(len(train_set), solver.ims_per_batch, accumulate=solver.accumulate,
                                      rank=dist.rank, world_size=dist.world_size, seed=cfg.train.seed,
                                      start_iter=start_iter, groups=groups)
-        return iter(DataLoader(SeededDataset(train_set), batch_sampler=sampler, num_workers=cfg.data.workers,
-                               collate_fn=collate_detection, persistent_workers=cfg.data.workers > 0,
-                               pin_memory=dist.device.type == "cuda",
-                               generator=torch.Generator()))  # never draw from the global RNG
+        return iter(seeded_loader(train_set, sampler, cfg.data.workers, collate_detection,
+                                  pin_memory=dist.device.type == "cuda", persistent=True))
 
     def step(net: nn.Module, batch):
         images, targets = batch
