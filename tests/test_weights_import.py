@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import backbones
-from detection.build import MODEL_DEFAULTS, build_detector
+from detection.build import MODEL_DEFAULTS, build_detector, import_detector
 from engine.cli import run_cli
 from engine.errors import UserError
 from tests.helpers import ROOT, detectron2_names, write_poisoned_pickle
@@ -220,6 +220,19 @@ def test_a_detectron2_checkpoint_loads_and_reproduces_the_known_detector(tmp_pat
         import_detector(str(files["pth"]), cfg)
     with pytest.raises(UserError, match="these are detectron2 weights, not timm; use --from detectron2"):
         backbones.read_weights(files["pkl"], expect="timm")
+
+
+def test_class_names_taken_by_count_are_said(tmp_path, capsys):
+    from detection.train import DEFAULTS, OPEN_KEYS
+    from engine.config import load_config
+    from engine.logs import setup_console
+
+    cfg = load_config(DEFAULTS, "configs/detection/detectron2_R50_C4.yaml", TINY_DETECTRON2, open_keys=OPEN_KEYS)
+    torch.save({"model": detectron2_names(build_detector(cfg, 20).state_dict())}, tmp_path / "voc.pth")
+    setup_console()
+    _, checkpoint = import_detector(str(tmp_path / "voc.pth"), cfg)
+    assert checkpoint["class_names"][:2] == ["aeroplane", "bicycle"]
+    assert "20 classes, named as PASCAL VOC's 20 by their count; give --class-names" in capsys.readouterr().out
 
 
 def assert_same_logits(reference: nn.Module, path, arch: str, size: int) -> None:
