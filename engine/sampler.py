@@ -122,19 +122,11 @@ class SeededDataset(Dataset):
                 random.setstate(state)
 
 
-def _one_thread_worker(_worker_id: int) -> None:
-    """A loader process computes with one thread: PyTorch already sets its own to one there, OpenCV (which the
-    augmentation calls) would otherwise start one per core, beside the training process's threads."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def seeded_loader(dataset: Any, batch_sampler: Sampler, workers: int, collate_fn: Any, *, pin_memory: bool = False,
                   persistent: bool = False) -> DataLoader:
     """The one way the tasks load data: `dataset` wrapped in `SeededDataset` (each sample's randomness from its
-    own seed), batches from `batch_sampler`, `workers` processes of one thread each, and no draw from the global
+    own seed), batches from `batch_sampler`, `workers` processes, and no draw from the global
     random generator (an own `torch.Generator`), so that the training stream does not depend on loading."""
     return DataLoader(SeededDataset(dataset), batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate_fn,
                       pin_memory=pin_memory, persistent_workers=persistent and workers > 0,
-                      worker_init_fn=_one_thread_worker, generator=torch.Generator())
+                      generator=torch.Generator())

@@ -157,3 +157,29 @@ def test_cli_prints_one_line_for_user_errors_and_os_errors(capsys, tmp_path):
 
     assert run_cli(unwritable, []) == 2
     assert "missing/dir: No such file or directory" in capsys.readouterr().err
+
+
+_LOADER_AFTER_OPENCV = """
+import cv2, numpy as np, torch
+from engine.sampler import ShardSampler, seeded_loader
+image = np.random.default_rng(0).integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+class Blurred(torch.utils.data.Dataset):
+    def __len__(self): return 8
+    def __getitem__(self, i): return torch.tensor(cv2.GaussianBlur(image[:64, :64], (5, 5), 0).mean())
+for _ in range(12):
+    cv2.GaussianBlur(image, (9, 9), 0)  # the parent's OpenCV thread pool is busy when the workers fork
+    assert len(list(seeded_loader(Blurred(), ShardSampler(8, 2, 0, 1), 2, torch.stack))) == 4
+print("done")
+"""
+
+
+@pytest.mark.slow
+def test_loader_workers_forked_after_opencv_ran_in_parallel_finish():
+    """A worker that reconfigures OpenCV's thread pool it inherited through fork can wait forever (it did, with
+    `cv2.setNumThreads` in `worker_init_fn`): loading must finish however the parent used OpenCV before."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", _LOADER_AFTER_OPENCV], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]
