@@ -5,6 +5,8 @@ import json
 import pickle
 import shutil
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -302,3 +304,11 @@ def test_unreadable_images_are_skipped_and_counted_where_asked(corpus, capsys):
     drawn = corpus["root"] / "out_pred"
     assert (drawn / "fine.png").is_file() and not (drawn / "bomb.png").exists()
     capsys.readouterr()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the script would measure it")
+def test_gpu_figures_without_a_gpu_is_one_line_and_exit_code_2():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_figures"], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: CUDA: no GPU visible")
+    assert len(result.stderr.strip().splitlines()) == 1
