@@ -13,7 +13,8 @@ Sides: `ours-fpn`, `torchvision-fpn` (`torchvision.models.detection.FasterRCNN` 
 `detectron2-fpn` (its FPN, RPN and StandardROIHeads), `ours-c4`, `detectron2-c4` (its RPN and Res5ROIHeads
 with our res5). detectron2 runs from its source (no build; `PYTHONPATH=<detectron2>:<fvcore, iopath, yacs,
 ...>`), as benchmarks.bench_vs_detectron2. Each run appends one json line to `--results`; `--report` turns a
-results file into the table of mean and spread over seeds:
+results file into the table of mean and spread over seeds; `--step-times N` first times N training steps of each
+side on the same batches, interleaved (the ratio of each peer's time to ours):
 
     python -m benchmarks.bench_learning --dataset voc --data ../shared/data/raccoon --classes raccoon \
         --train-split train.txt --val-split test.txt --sides ours-fpn torchvision-fpn --seeds 0 1 2 \
@@ -40,7 +41,7 @@ from torch import nn
 import backbones
 from backbones.layers import convert_norm
 from backbones.weights import WeightFile
-from benchmarks.common import machine_line
+from benchmarks.common import interleaved_times, machine_line
 from detection.build import build_detector
 from detection.data.catalog import DATA_FLAG_KEYS, add_data_arguments, build_detection_dataset
 from detection.data.common import DetectionDataset, load_image
@@ -411,6 +412,37 @@ def train_and_evaluate(side: Side, batches, work: Work, val: ResizedSet) -> dict
             "final_loss": sum(tail) / len(tail)}
 
 
+def step_times(work: Work, sides: list[str], classifier: nn.Module, num_classes: int, pretrained: bool,
+               batches, repeats: int) -> str:
+    """Seconds per training step (losses, backward, SGD step) of each side, interleaved so that the machine's drift
+    hits all alike: each side takes the same batches in the same order. Returns a markdown table with each peer's
+    time over ours of the same head (> 1: ours is faster)."""
+    steps = {}
+    for name in sides:
+        torch.manual_seed(1)
+        side = make_side(name, work, classifier, num_classes, pretrained)
+        side.model.train()
+        optimizer = torch.optim.SGD([p for p in side.model.parameters() if p.requires_grad], lr=1e-4,
+                                    momentum=work.momentum, weight_decay=work.weight_decay)
+        stream = iter(batches * (repeats + 4))
+
+        def step(side: Side = side, optimizer: torch.optim.Optimizer = optimizer, stream=stream) -> None:
+            total = sum(side.losses(next(stream)).values())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+
+        steps[name] = step
+    times = interleaved_times(steps, torch.device("cpu"), repeats, warmup=2)
+    lines = ["| side | s/step (wall) | CPU s/step | peer / ours of the same head: wall, CPU |", "|---|---|---|---|"]
+    for name, t in times.items():
+        ours = times.get(f"ours-{name.split('-')[1]}")
+        ratio = (f"{t['wall'] / ours['wall']:.2f}, {t['cpu'] / ours['cpu']:.2f}" if ours and not name.startswith("ours")
+                 else "")
+        lines.append(f"| {name} | {t['wall']:.3f} | {t['cpu']:.3f} | {ratio} |")
+    return "\n".join(lines)
+
+
 # ----- the report ------------------------------------------------------------------------------------------------
 def report(path: Path) -> str:
     """Markdown: per dataset and start, each side's AP and AP50 as mean +- spread (sample std) over seeds."""
@@ -451,6 +483,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", help="append one json line per run to this file")
     parser.add_argument("--report", metavar="RESULTS", help="print the table of a results file and exit")
+    parser.add_argument("--step-times", type=int, metavar="N", help="time N training steps of each side, "
+                        "interleaved, before training (0: none)", default=0)
     parser.add_argument("--loss-parity", action="store_true", help="check one training step against detectron2's "
                         "(C4 and FPN) before training")
     for key, value in asdict(Work()).items():
@@ -476,6 +510,9 @@ def main() -> None:
         batch = train_set.batches(work, 0)[0]
         for head in ("c4", "fpn"):
             print(loss_parity(work, head, initial_classifier(work, 0, args.weights), batch, bool(args.weights)))
+    if args.step_times:
+        print(step_times(work, args.sides, initial_classifier(work, 0, args.weights), len(train.class_names),
+                         bool(args.weights), train_set.batches(replace(work, iterations=8), 0), args.step_times))
     for seed in args.seeds:
         batches = train_set.batches(work, seed)
         classifier = initial_classifier(work, seed, args.weights)
