@@ -387,8 +387,10 @@ def train_and_evaluate(side: Side, batches, work: Work, val: ResizedSet) -> dict
     for it, batch in enumerate(batches):
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr_at(it)
-        losses = side.losses(batch)
-        total = sum(losses.values())
+        try:
+            total = sum(side.losses(batch).values())
+        except FloatingPointError:  # detectron2's RPN raises it on non-finite proposals
+            return {"diverged_at": it}
         if not torch.isfinite(total):
             return {"diverged_at": it}
         optimizer.zero_grad(set_to_none=True)
