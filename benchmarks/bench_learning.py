@@ -375,10 +375,15 @@ def loss_parity(work: Work, head: str, classifier: nn.Module, batch, pretrained:
             f"backbone gradients {grad_diff:.1e} ({len(grads)} tensors)")
 
 
+def side_optimizer(side: Side, work: Work, lr: float) -> torch.optim.SGD:
+    """The same SGD for every side: its trainable parameters, `work`'s momentum and weight decay."""
+    return torch.optim.SGD([p for p in side.model.parameters() if p.requires_grad], lr=lr, momentum=work.momentum,
+                           weight_decay=work.weight_decay)
+
+
 # ----- one run ---------------------------------------------------------------------------------------------------
 def train_and_evaluate(side: Side, batches, work: Work, val: ResizedSet) -> dict[str, Any]:
-    params = [p for p in side.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=work.lr, momentum=work.momentum, weight_decay=work.weight_decay)
+    optimizer = side_optimizer(side, work, work.lr)
     schedule = LRSchedule(work.lr, steps=work.steps, warmup_iters=work.warmup_iters, warmup_factor=0.001,
                           warmup_method="linear")
     side.model.train()
@@ -424,8 +429,7 @@ def step_times(work: Work, sides: list[str], classifier: nn.Module, num_classes:
         torch.manual_seed(1)
         side = make_side(name, work, classifier, num_classes, pretrained)
         side.model.train()
-        optimizer = torch.optim.SGD([p for p in side.model.parameters() if p.requires_grad], lr=1e-4,
-                                    momentum=work.momentum, weight_decay=work.weight_decay)
+        optimizer = side_optimizer(side, work, 1e-4)
         stream = iter(batches * (repeats + 4))
 
         def step(side: Side = side, optimizer: torch.optim.Optimizer = optimizer, stream=stream) -> None:

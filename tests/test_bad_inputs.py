@@ -21,7 +21,7 @@ from detection.build import MODEL_DEFAULTS, build_detector, detector_checkpoint
 from detection.data.shapes import make_shapes
 from engine.checkpoint import save_checkpoint
 from engine.cli import run_cli
-from tests.helpers import DEMO_CONFIG, TINY_DETECTOR, voc_xml
+from tests.helpers import DEMO_CONFIG, ROOT, TINY_DETECTOR, voc_xml
 from tools import convert_weights, eval_cls, eval_det, export, predict, train_cls, train_det
 from tools import make_shapes as make_shapes_tool
 
@@ -308,7 +308,7 @@ def test_unreadable_images_are_skipped_and_counted_where_asked(corpus, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the script would measure it")
 def test_gpu_figures_without_a_gpu_is_one_line_and_exit_code_2():
-    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_figures"], cwd=Path(__file__).resolve().parents[1],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "benchmarks.gpu_figures"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 2 and result.stderr.strip().startswith("error: CUDA: no GPU visible")
     assert len(result.stderr.strip().splitlines()) == 1

@@ -1,6 +1,8 @@
 """The shared runtime: configs, checkpoints, the sampler, LR schedules, the trainer's guards, the CLI wrapper."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from engine.errors import UserError
 from engine.sampler import GlobalBatchSampler, SeededDataset
 from engine.schedule import LRSchedule
 from engine.trainer import Trainer, TrainerOptions, TrainingDiverged
+from tests.helpers import ROOT
 
 DEFAULTS = {"model": {"arch": "resnet18", "options": {}}, "solver": {"lr": 0.1, "steps": [10], "epochs": None}}
 
@@ -177,9 +180,6 @@ print("done")
 def test_loader_workers_forked_after_opencv_ran_in_parallel_finish():
     """A worker that reconfigures OpenCV's thread pool it inherited through fork can wait forever (it did, with
     `cv2.setNumThreads` in `worker_init_fn`): loading must finish however the parent used OpenCV before."""
-    import subprocess
-    import sys
-
     result = subprocess.run([sys.executable, "-c", _LOADER_AFTER_OPENCV], capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).resolve().parents[1])
+                            cwd=ROOT)
     assert result.returncode == 0 and "done" in result.stdout, result.stderr[-2000:]
