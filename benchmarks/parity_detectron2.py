@@ -14,6 +14,12 @@ written as a detectron2 model-zoo `.pkl`, imported with `detection.build.import_
 detectors run on the image resized (as detectron2's `ResizeShortestEdge` does, with PIL) to the test size,
 so that no resampling difference enters. Prints the largest box and score differences over the kept
 detections, for our detector as imported and for its inference copy (frozen BN folded, channels last).
+
+`--per-block` says where the inference copy's score drift comes from: for every residual block, the stem and the
+box predictor, the largest difference between the copy's output and the imported model's, relative to the
+output's largest magnitude, both for the block alone (given the imported model's input: what its own folded
+weights and kernels add) and along the network (what has built up by then); once with the folded copy in NCHW
+and once channels-last, to tell the folding's rounding from the NHWC kernels'.
 """
 
 from __future__ import annotations
@@ -100,6 +106,51 @@ def compare(expected, got: dict[str, torch.Tensor]) -> str:
             f"{score_diff:.2e}, labels equal: {labels_equal}")
 
 
+BLOCKS = ("BasicBlock", "Bottleneck", "ResNetStem", "FCBoxHead", "FastRCNNPredictor")
+
+
+def block_drift(reference: torch.nn.Module, variant: torch.nn.Module,
+                image: torch.Tensor) -> list[tuple[str, float, float]]:
+    """(name, drift of the block alone, drift along the network) for each block of `BLOCKS` in `reference` and
+    the same-named one in `variant`, the drift being max |variant - reference| / max |reference| of its output.
+    Along the network the box head runs on the reference's proposals: the variant's own proposals may be others
+    (near-tied ones swap places), and comparing the head on other boxes would say nothing."""
+    blocks = {n: m for n, m in reference.named_modules() if type(m).__name__ in BLOCKS}
+    variant_blocks = dict(variant.named_modules())
+    seen: dict[str, tuple] = {}
+    along: dict[str, torch.Tensor] = {}
+
+    def keep(store: dict, name: str, value) -> None:  # a forward hook that returns None leaves the output alone
+        store.setdefault(name, value)
+
+    def hook(module: torch.nn.Module, store: dict, name: str):
+        return module.register_forward_hook(lambda m, i, o: keep(store, name, (i, o)))
+
+    hooks = [hook(m, seen, n) for n, m in blocks.items()] + [hook(reference.roi_heads.pooler, seen, "pooler")]
+    hooks += [hook(variant_blocks[n], along, n) for n in blocks if not n.startswith("roi_heads.")]
+    hooks.append(hook(variant.roi_heads.pooler, along, "pooler"))
+    reference([image])
+    variant([image])
+    for h in hooks:
+        h.remove()
+    heads = variant.roi_heads
+    hooks = [hook(variant_blocks[n], along, n) for n in blocks if n.startswith("roi_heads.")]
+    heads.predictor(heads.box_head(heads.pooler(along.pop("pooler")[0][0], seen.pop("pooler")[0][1])))
+    for h in hooks:
+        h.remove()
+
+    def drift(got, expected) -> float:
+        got, expected = (torch.cat([x.flatten() for x in t]) if isinstance(t, tuple) else t for t in (got, expected))
+        return ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+
+    rows = []
+    for name, (inputs, expected) in seen.items():
+        fmt = torch.channels_last if variant.channels_last and inputs[0].dim() == 4 else torch.contiguous_format
+        alone = variant_blocks[name](*(x.contiguous(memory_format=fmt) for x in inputs))
+        rows.append((name, drift(alone, expected), drift(along[name][1], expected)))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d2-config", required=True, help="detectron2 yaml (configs/COCO-Detection/...)")
@@ -107,6 +158,7 @@ def main() -> None:
     parser.add_argument("--image", required=True)
     parser.add_argument("--weights", help="a detectron2 checkpoint (default: calibrated random weights)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--per-block", action="store_true", help="where the inference copy's drift comes from")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     pair = make_pair(args.d2_config, args.config, args.image, args.weights, args.seed)
@@ -114,6 +166,13 @@ def main() -> None:
     print(f"image {args.image} at {pair.size[0]}x{pair.size[1]}; top scores {expected.scores[:3].tolist()}")
     print(f"as imported:     {compare(expected, pair.ours([pair.image])[0])}")
     print(f"inference copy:  {compare(expected, inference_copy(pair.ours)([pair.image])[0])}")
+    if args.per_block:
+        nchw = block_drift(pair.ours, inference_copy(pair.ours, channels_last=False), pair.image)
+        nhwc = block_drift(pair.ours, inference_copy(pair.ours), pair.image)
+        print("| block | folded, NCHW: alone | along the network | folded, channels-last: alone | along |")
+        print("|---|---|---|---|---|")
+        for (name, a, b), (_, c, d) in zip(nchw, nhwc, strict=True):
+            print(f"| {name} | {a:.1e} | {b:.1e} | {c:.1e} | {d:.1e} |")
 
 
 if __name__ == "__main__":

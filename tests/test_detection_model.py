@@ -292,3 +292,24 @@ def test_the_inference_copy_detects_what_the_model_detects(backbone, head, norm)
     torch.testing.assert_close(got["boxes"], expected["boxes"], rtol=0, atol=1e-3)
     torch.testing.assert_close(got["scores"], expected["scores"], rtol=0, atol=1e-5)
     assert model.state_dict().keys() == build_detector(cfg, 3).state_dict().keys()  # the original keeps its BN
+
+
+def test_block_drift_finds_the_one_block_that_computes_differently():
+    from benchmarks.parity_detectron2 import block_drift
+    cfg = small_cfg("resnet18", head="c4", anchor_sizes=[16, 32, 64], norm="frozen_bn")  # (GN would undo a scale)
+    model = build_detector(cfg, num_classes=3).eval()
+    image = torch.rand(3, 80, 120, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        same = block_drift(model, copy.deepcopy(model), image)
+        changed = copy.deepcopy(model)
+        shortcut = changed.backbone.stages.res3[0].downsample[0]  # (the residual branch starts at zero)
+        shortcut.weight.mul_(1 + 1e-3)  # one block computes 0.1% differently; everything else is the same copy
+        rows = {name: (alone, along) for name, alone, along in block_drift(model, changed, image)}
+    names = [name for name, _, _ in same]
+    assert names[0].endswith("stem") and "roi_heads.box_head.res5.0" in names and names[-1] == "roi_heads.predictor"
+    assert all(alone == 0 and along == 0 for _, alone, along in same)  # an identical copy computes identically
+    before = names[:names.index("backbone.stages.res3.0")]
+    assert all(rows[n] == (0, 0) for n in before)  # untouched upstream of the change
+    assert 1e-5 < rows["backbone.stages.res3.0"][0] <= 1.1e-3  # the block alone: at most the 0.1% it was given
+    assert all(rows[n][0] == 0 for n in names if n != "backbone.stages.res3.0")  # the others alone: unchanged
+    assert rows["roi_heads.predictor"][1] > 0  # and it reaches the scores along the network
