@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
          timings)
     det_args = ["--config", f"demo/shapes_resnet18_{args.head.upper()}", "--data", str(shapes), "--max-iter",
                 str(args.det_iters), f"solver.steps=[{args.det_iters * 4 // 5}]",
-                f"train.eval_period={max(1, args.det_iters // 3)}", *common, *det_small]
+                f"train.eval_period={max(1, args.det_iters // 2)}", *common, *det_small]
     step("detector", train_det, [*det_args, "--weights", str(out / "classifier" / "model_final.pth"), "--output",
                                  str(out / "detector")], timings)
     step("evaluation", eval_det, ["--checkpoint", str(out / "detector" / "model_final.pth"), "--dataset", "shapes",
