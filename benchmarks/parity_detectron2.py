@@ -118,7 +118,7 @@ def block_drift(reference: torch.nn.Module, variant: torch.nn.Module,
     blocks = {n: m for n, m in reference.named_modules() if type(m).__name__ in BLOCKS}
     variant_blocks = dict(variant.named_modules())
     seen: dict[str, tuple] = {}
-    along: dict[str, torch.Tensor] = {}
+    along: dict[str, tuple] = {}
 
     def keep(store: dict, name: str, value) -> None:  # a forward hook that returns None leaves the output alone
         store.setdefault(name, value)
