@@ -41,7 +41,7 @@ from torch import nn
 import backbones
 from backbones.layers import convert_norm
 from backbones.weights import WeightFile
-from benchmarks.common import interleaved_times, machine_line
+from benchmarks.common import interleaved_times, machine_line, relative_difference
 from detection.build import build_detector
 from detection.data.catalog import DATA_FLAG_KEYS, add_data_arguments, build_detection_dataset
 from detection.data.common import DetectionDataset, load_image
@@ -370,7 +370,7 @@ def loss_parity(work: Work, head: str, classifier: nn.Module, batch, pretrained:
     ours_trunk = ours.model.backbone.trunk if head == "fpn" else ours.model.backbone
     grads = [(a.grad, b.grad) for a, b in zip(trunk.parameters(), ours_trunk.parameters(), strict=True)
              if a.grad is not None]
-    grad_diff = max(float((a - b).abs().max() / b.abs().max().clamp(min=1e-12)) for a, b in grads)
+    grad_diff = max(relative_difference(a, b) for a, b in grads)
     return (f"{head}: losses {losses[1]}; largest relative difference from detectron2's: losses {loss_diff:.1e}, "
             f"backbone gradients {grad_diff:.1e} ({len(grads)} tensors)")
 

@@ -17,6 +17,11 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def relative_difference(got: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |got - expected| / max |expected|: how far one implementation's tensor is from the reference's."""
+    return float((got - expected).abs().max() / expected.abs().max().clamp(min=1e-12))
+
+
 def interleaved_times(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int,
                       warmup: int = 2) -> dict[str, dict[str, float]]:
     """Median wall-clock and process CPU seconds per call of each function (`{name: {"wall", "cpu"}}`),

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from backbones.layers import calibrate_frozen_batchnorm
+from benchmarks.common import relative_difference
 from detection.build import import_detector
 from detection.faster_rcnn import inference_copy
 from detection.train import DEFAULTS, LIMITS, OPEN_KEYS
@@ -120,11 +121,10 @@ def block_drift(reference: torch.nn.Module, variant: torch.nn.Module,
     seen: dict[str, tuple] = {}
     along: dict[str, tuple] = {}
 
-    def keep(store: dict, name: str, value) -> None:  # a forward hook that returns None leaves the output alone
-        store.setdefault(name, value)
-
     def hook(module: torch.nn.Module, store: dict, name: str):
-        return module.register_forward_hook(lambda m, i, o: keep(store, name, (i, o)))
+        def record(_module, inputs: tuple, output) -> None:  # returning None leaves the output alone
+            store.setdefault(name, (inputs, output))
+        return module.register_forward_hook(record)
 
     hooks = [hook(m, seen, n) for n, m in blocks.items()] + [hook(reference.roi_heads.pooler, seen, "pooler")]
     hooks += [hook(variant_blocks[n], along, n) for n in blocks if not n.startswith("roi_heads.")]
@@ -139,9 +139,9 @@ def block_drift(reference: torch.nn.Module, variant: torch.nn.Module,
     for h in hooks:
         h.remove()
 
-    def drift(got, expected) -> float:
+    def drift(got, expected) -> float:  # the predictor's (scores, deltas) as one tensor
         got, expected = (torch.cat([x.flatten() for x in t]) if isinstance(t, tuple) else t for t in (got, expected))
-        return ((got - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
+        return relative_difference(got, expected)
 
     rows = []
     for name, (inputs, expected) in seen.items():
