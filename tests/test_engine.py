@@ -101,6 +101,25 @@ def test_seeded_dataset_reproduces_randomness_per_sample():
     assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is untouched
 
 
+def test_seeded_dataset_seeds_only_the_cpu_generator(monkeypatch):
+    """A sample draws what `torch.manual_seed(seed)` would give, without touching the CUDA generators (seeding
+    them formats a stack trace per sample on a CUDA build without a GPU, and reseeds the caller's CUDA RNG)."""
+    class Noise(torch.utils.data.Dataset):
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return torch.rand(3)
+
+    cuda_seeds = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", cuda_seeds.append)
+    sample = SeededDataset(Noise())[(11, 0)]
+    assert cuda_seeds == []
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(11)
+        assert torch.equal(sample, torch.rand(3))
+
+
 def test_lr_schedule_steps_warmups_and_plateau():
     s = LRSchedule(0.1, steps=[100, 200], warmup_iters=10, warmup_factor=0.1, warmup_method="linear")
     assert s.lr_at(0) == pytest.approx(0.01) and s.lr_at(5) == pytest.approx(0.055)

@@ -21,9 +21,12 @@ if __package__ in (None, ""):  # `python tools/<tool>.py` in a checkout, without
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Sequence
+
+import torch
 
 from engine.cli import ToolParser, non_negative_int, positive_int, run_cli
 from engine.errors import UserError
@@ -113,6 +116,15 @@ def report(out: Path, timings: dict[str, float], scratch: bool) -> Path:
     return path
 
 
+def default_workers(device: str) -> int:
+    """Loader processes for the demo: none when a CPU of <= 2 cores also trains, since workers there take cores
+    from torch's compute threads (2 workers cost the detector's step 10-15% and the classifier's 8% on two cores,
+    docs/benchmarks.md); 2 otherwise."""
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if on_cpu and cores <= 2 else 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ToolParser(__doc__)
     parser.add_argument("--output", default="runs/demo")
@@ -123,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--compare-scratch", action="store_true", help="also train the detector from scratch")
     parser.add_argument("--head", choices=["c4", "fpn"], default="c4",
                         help="the paper's C4 detector (default) or one with a feature pyramid")
-    parser.add_argument("--workers", type=non_negative_int, default=2)
+    parser.add_argument("--workers", type=non_negative_int, default=None,
+                        help="data loader processes (default: 2, or 0 when training on a CPU of <= 2 cores)")
     parser.add_argument("--small", action="store_true", help="tiny networks and images (a smoke test, seconds)")
     parser.add_argument("--device", default="auto", help="where the classifier and detectors train and run")
     parser.add_argument("--amp", choices=AMP_CHOICES, default="none", help="train and run in bf16/fp16")
@@ -132,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="one seed for the data, the classifier and the detectors (default 0)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
+    if args.workers is None:
+        args.workers = default_workers(args.device)
     out = Path(args.output)
     clear_previous_demo(out)
     common = ["--workers", str(args.workers), "--device", args.device, "--amp", args.amp, "--seed", str(args.seed)] + (
