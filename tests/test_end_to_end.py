@@ -143,3 +143,11 @@ def test_demo_in_a_bounded_form(tmp_path):
         assert link in report and (out / link).is_file()
     drawn = report.split("## Detections on validation images")[1]
     assert drawn.count("](detector/detections/") == len(list((out / "detector" / "detections").glob("*.png"))) > 0
+
+
+@pytest.mark.parametrize("cores, device, workers", [(2, "cpu", 0), (1, "auto", 0), (4, "cpu", 2), (2, "cuda", 2)])
+def test_demo_loads_in_the_main_process_on_a_small_cpu(monkeypatch, cores, device, workers):
+    """On <= 2 cores that also train, loader workers would take cores from torch's compute threads."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert demo.default_workers(device) == workers
