@@ -375,6 +375,20 @@ def loss_parity(work: Work, head: str, classifier: nn.Module, batch, pretrained:
             f"backbone gradients {grad_diff:.1e} ({len(grads)} tensors)")
 
 
+def run_in_float64(batch):
+    """For `--loss-parity --float64`: new tensors (the models built next) in float64, the batch converted, and
+    detectron2's proposal NMS given boxes and scores of one type (it casts only the boxes to float32, which
+    torchvision's NMS refuses beside float64 scores). detectron2 keeps every box in float32 (`Boxes`), so its
+    anchors, proposals and RoIs stay float32-rounded."""
+    import detectron2.modeling.proposal_generator.proposal_utils as proposal_utils
+    from torchvision.ops import batched_nms
+
+    torch.set_default_dtype(torch.float64)
+    proposal_utils.batched_nms = lambda boxes, scores, groups, iou: batched_nms(boxes.double(), scores.double(),
+                                                                                groups, iou)
+    return [(image.double(), {**target, "boxes": target["boxes"].double()}) for image, target in batch]
+
+
 def side_optimizer(side: Side, work: Work, lr: float) -> torch.optim.SGD:
     """The same SGD for every side: its trainable parameters, `work`'s momentum and weight decay."""
     return torch.optim.SGD([p for p in side.model.parameters() if p.requires_grad], lr=lr, momentum=work.momentum,
@@ -493,6 +507,8 @@ def main() -> None:
                         "interleaved, before training (0: none)", default=0)
     parser.add_argument("--loss-parity", action="store_true", help="check one training step against detectron2's "
                         "(C4 and FPN) before training")
+    parser.add_argument("--float64", action="store_true", help="with --loss-parity: both detectors and the batch in "
+                        "float64, to tell float32 rounding from a difference in what is computed")
     for key, value in asdict(Work()).items():
         kind = type(value[0]) if isinstance(value, list) else type(value)
         parser.add_argument(f"--{key.replace('_', '-')}", type=kind, nargs="+" if isinstance(value, list) else None,
@@ -501,6 +517,8 @@ def main() -> None:
     if args.report:
         print(report(Path(args.report)))
         return
+    if args.float64 and (not args.loss_parity or args.seeds or args.step_times):
+        parser.error("--float64 is for the one-step check alone: --loss-parity --seeds (no training, no --step-times)")
     torch.set_num_threads(args.threads)
     work = Work(**{key: getattr(args, key) for key in asdict(Work())})
     data = {key: getattr(args, flag) for flag, key in DATA_FLAG_KEYS.items()}
@@ -514,6 +532,8 @@ def main() -> None:
     train_set, val_set = ResizedSet(train, work.min_size), ResizedSet(val, work.min_size)
     if args.loss_parity:
         batch = train_set.batches(work, 0)[0]
+        if args.float64:
+            batch = run_in_float64(batch)
         for head in ("c4", "fpn"):
             print(loss_parity(work, head, initial_classifier(work, 0, args.weights), batch, bool(args.weights)))
     if args.step_times:
