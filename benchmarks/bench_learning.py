@@ -375,7 +375,8 @@ def loss_parity(work: Work, head: str, classifier: nn.Module, batch, pretrained:
             f"backbone gradients {grad_diff:.1e} ({len(grads)} tensors)")
 
 
-def run_in_float64(batch):
+def run_in_float64(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
+                   ) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """For `--loss-parity --float64`: new tensors (the models built next) in float64, the batch converted, and
     detectron2's proposal NMS given boxes and scores of one type (it casts only the boxes to float32, which
     torchvision's NMS refuses beside float64 scores). detectron2 keeps every box in float32 (`Boxes`), so its
