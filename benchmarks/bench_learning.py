@@ -140,7 +140,7 @@ def start_settings(pretrained: bool) -> tuple[str, int]:
     return ("frozen_bn", 2) if pretrained else ("bn", 0)
 
 
-def our_config(work: Work, head: str, pretrained: bool) -> dict[str, Any]:
+def our_config(work: Work, head: str, pretrained: bool, head_init: str = "detectron2") -> dict[str, Any]:
     norm, freeze_at = start_settings(pretrained)
     fpn = head == "fpn"
     overrides = [
@@ -159,7 +159,7 @@ def our_config(work: Work, head: str, pretrained: bool) -> dict[str, Any]:
         "model.roi.aligned=false", f"model.roi.batch_size_per_image={work.roi_batch}",
         f"model.roi.positive_fraction={work.roi_fg_fraction}", "model.roi.bg_iou_low=0",
         f"model.roi.smooth_l1_beta={work.smooth_l1_beta}", "model.roi.nms_thresh=0.5",
-        f"model.roi.fc_dim={work.fc_dim}"]
+        f"model.roi.fc_dim={work.fc_dim}", f"model.roi.head_init={head_init}"]
     return load_config(DEFAULTS, None, overrides, open_keys=OPEN_KEYS, limits=LIMITS)
 
 
@@ -177,8 +177,9 @@ class Side:
 
 
 class OursSide(Side):
-    def __init__(self, work: Work, head: str, classifier: nn.Module, num_classes: int, pretrained: bool) -> None:
-        cfg = our_config(work, head, pretrained)
+    def __init__(self, work: Work, head: str, classifier: nn.Module, num_classes: int, pretrained: bool,
+                 head_init: str = "detectron2") -> None:
+        cfg = our_config(work, head, pretrained, head_init)
         self.model = build_detector(cfg, num_classes)
         trunk = self.model.backbone.trunk if head == "fpn" else self.model.backbone
         source = backbones.backbone_from_model(copy.deepcopy(classifier), list(trunk.out_features),
@@ -339,10 +340,11 @@ class Detectron2Side(Side):
         return out
 
 
-def make_side(name: str, work: Work, classifier: nn.Module, num_classes: int, pretrained: bool) -> Side:
+def make_side(name: str, work: Work, classifier: nn.Module, num_classes: int, pretrained: bool,
+              our_head_init: str = "detectron2") -> Side:
     library, head = name.split("-")
     if library == "ours":
-        return OursSide(work, head, classifier, num_classes, pretrained)
+        return OursSide(work, head, classifier, num_classes, pretrained, our_head_init)
     if library == "torchvision":
         return TorchvisionSide(work, classifier, num_classes, pretrained)
     return Detectron2Side(work, head, classifier, num_classes, pretrained)
@@ -476,7 +478,7 @@ def report(path: Path) -> str:
     for (dataset, start), sides in sorted(groups.items()):
         lines += [f"\n{dataset}, {start}:", "", "| side | seeds | COCO AP | AP50 | s/iter | final loss |",
                   "|---|---|---|---|---|---|"]
-        for side in SIDES:
+        for side in [*SIDES, *sorted(set(sides) - set(SIDES))]:
             runs = sides.get(side)
             if not runs:
                 continue
@@ -508,6 +510,8 @@ def main() -> None:
                         "interleaved, before training (0: none)", default=0)
     parser.add_argument("--loss-parity", action="store_true", help="check one training step against detectron2's "
                         "(C4 and FPN) before training")
+    parser.add_argument("--ours-head-init", choices=["detectron2", "torchvision"], default="detectron2",
+                        help="our sides' model.roi.head_init (reported as its own side when not the default)")
     parser.add_argument("--float64", action="store_true", help="with --loss-parity: both detectors and the batch in "
                         "float64, to tell float32 rounding from a difference in what is computed")
     for key, value in asdict(Work()).items():
@@ -545,9 +549,12 @@ def main() -> None:
         classifier = initial_classifier(work, seed, args.weights)
         for side_name in args.sides:
             torch.manual_seed(seed + 1)  # the heads' own initialisation
-            side = make_side(side_name, work, classifier, len(train.class_names), bool(args.weights))
+            side = make_side(side_name, work, classifier, len(train.class_names), bool(args.weights),
+                             args.ours_head_init)
             torch.manual_seed(seed + 2)  # the samplers' draws
-            result = {"dataset": name, "start": start, "side": side_name, "seed": seed,
+            label = side_name + (f" ({args.ours_head_init} head init)" if side_name.startswith("ours")
+                                 and args.ours_head_init != "detectron2" else "")
+            result = {"dataset": name, "start": start, "side": label, "seed": seed,
                       **train_and_evaluate(side, batches, work, val_set)}
             print(json.dumps(result), flush=True)
             if args.results:

@@ -80,6 +80,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
         # the FPN box head: `num_conv` 3x3 convolutions of `conv_dim` channels, each followed by `head_norm`, then
         # `num_fc` fully connected layers (detectron2's GroupNorm recipes: 4 convolutions, 1 layer, gn)
         "num_conv": 0, "conv_dim": 256, "num_fc": 2, "head_norm": "none",
+        # how the box head's new fully connected layers and the predictor start (detectron2's or torchvision's)
+        "head_init": "detectron2",
     },
 }
 
@@ -104,7 +106,7 @@ MODEL_LIMITS = {
     "roi.head_norm": "{none, bn, syncbn, gn}",
     "frozen_bn.eps": NON_NEGATIVE, "head": "{c4, fpn}", "channel_order": "{RGB, BGR}",
     "resize_rounding": "{round, floor}", "pixel_range": "{1, 255}", "roi.pooler": "{roialign, roipool}",
-    "roi.level_assignment": "{detectron2, torchvision}",
+    "roi.level_assignment": "{detectron2, torchvision}", "roi.head_init": "{detectron2, torchvision}",
 }
 
 
@@ -202,7 +204,7 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
         rpn_features, roi_features = list(levels), list(levels)[:4]  # P6 only proposes
         resolution = roi["pooler_resolution"] or 7
         box_head: nn.Module = FCBoxHead.fresh(m["fpn"]["out_channels"], resolution, roi["fc_dim"], roi["num_fc"],
-                                              roi["num_conv"], roi["conv_dim"], roi["head_norm"])
+                                              roi["num_conv"], roi["conv_dim"], roi["head_norm"], roi["head_init"])
     elif family in ("resnet", "plain"):
         backbone, res5, head_shape = backbones.split_model(classifier, "res4", freeze_at=m["freeze_at"],
                                                            norm=m["norm"])
@@ -237,7 +239,7 @@ def build_detector(cfg: DictConfig | dict, num_classes: int, weights: WeightFile
                        canonical_box_size=roi["canonical_box_size"], canonical_level=roi["canonical_level"],
                        level_rule=roi["level_assignment"])
     roi_heads = RoIHeads(
-        pooler, box_head, FastRCNNPredictor(box_head.out_features, num_classes), num_classes,
+        pooler, box_head, FastRCNNPredictor(box_head.out_features, num_classes, roi["head_init"]), num_classes,
         matcher=Matcher((roi["bg_iou_low"], roi["fg_iou"]), (-1, 0, 1)),
         box_coder=BoxCoder(roi["bbox_reg_weights"]), batch_size_per_image=roi["batch_size_per_image"],
         positive_fraction=roi["positive_fraction"], smooth_l1_beta=roi["smooth_l1_beta"],

@@ -106,9 +106,10 @@ class FCBoxHead(nn.Module):
 
     @classmethod
     def fresh(cls, in_channels: int, resolution: int, fc_dim: int, num_fc: int = 2, num_conv: int = 0,
-              conv_dim: int = 256, norm: str = "none") -> FCBoxHead:
-        """Newly initialised layers (detectron2's c2_msra_fill for the convolutions, c2_xavier_fill for the fully
-        connected ones: Kaiming-uniform with a = 1, zero bias)."""
+              conv_dim: int = 256, norm: str = "none", init: str = "detectron2") -> FCBoxHead:
+        """Newly initialised layers (detectron2's c2_msra_fill for the convolutions; for the fully connected ones
+        `init` "detectron2", its c2_xavier_fill: Kaiming-uniform with a = 1, zero bias, or "torchvision", PyTorch's
+        `nn.Linear` default: Kaiming-uniform with a = sqrt(5), uniform bias)."""
         convs = []
         for i in range(num_conv):
             layer = make_norm(norm, conv_dim)
@@ -119,7 +120,7 @@ class FCBoxHead(nn.Module):
             convs.append(nn.Sequential(conv, *([layer] if layer is not None else []), nn.ReLU(inplace=True)))
         width = (conv_dim if num_conv else in_channels) * resolution**2
         fcs = [nn.Linear(width if i == 0 else fc_dim, fc_dim) for i in range(num_fc)]
-        for layer in fcs:
+        for layer in fcs if init == "detectron2" else ():
             nn.init.kaiming_uniform_(layer.weight, a=1)
             nn.init.zeros_(layer.bias)
         return cls(fcs, dropout=0.0, convs=convs)
@@ -134,10 +135,14 @@ class FCBoxHead(nn.Module):
 class FastRCNNPredictor(nn.Module):
     """Sibling layers: K+1 class scores (0 is background) and 4 box deltas for each of the K classes."""
 
-    def __init__(self, in_features: int, num_classes: int) -> None:
+    def __init__(self, in_features: int, num_classes: int, init: str = "detectron2") -> None:
+        """`init` "detectron2": class scores N(0, 0.01), box deltas N(0, 0.001), zero biases (also MMDetection's);
+        "torchvision": PyTorch's `nn.Linear` default, about 3.6x (scores) and 36x (deltas) larger at 256 inputs."""
         super().__init__()
         self.cls_score = nn.Linear(in_features, num_classes + 1)
         self.bbox_pred = nn.Linear(in_features, num_classes * 4)
+        if init == "torchvision":
+            return
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.cls_score.bias)

@@ -382,3 +382,30 @@ def test_a_detector_saved_before_the_norm_keys_existed_loads_as_it_was(tmp_path)
     with torch.no_grad():
         for a, b in zip(model(images), loaded.eval()(images), strict=True):
             torch.testing.assert_close(a["boxes"], b["boxes"])
+
+
+def test_head_init_torchvision_starts_the_box_head_as_torchvision_does():
+    """`model.roi.head_init: torchvision` draws the FCs and class scores exactly as torchvision's TwoMLPHead and
+    FastRCNNPredictor do from the same seed; the default keeps detectron2's small predictor (std 0.01 / 0.001)."""
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor as TorchvisionPredictor
+    from torchvision.models.detection.faster_rcnn import TwoMLPHead
+
+    from detection.roi_heads import FastRCNNPredictor, FCBoxHead
+
+    torch.manual_seed(0)
+    head, predictor = FCBoxHead.fresh(16, 7, 64, init="torchvision"), FastRCNNPredictor(64, 3, init="torchvision")
+    torch.manual_seed(0)
+    ref_head, ref_predictor = TwoMLPHead(16 * 49, 64), TorchvisionPredictor(64, 4)
+    pairs = ((head.fc6, ref_head.fc6), (head.fc7, ref_head.fc7), (predictor.cls_score, ref_predictor.cls_score))
+    for ours, ref in pairs:
+        torch.testing.assert_close(ours.weight, ref.weight, rtol=0, atol=0)
+        torch.testing.assert_close(ours.bias, ref.bias, rtol=0, atol=0)
+    assert predictor.bbox_pred.weight.abs().max() <= 64 ** -0.5  # nn.Linear's bound, 1/sqrt(fan_in)
+    detectron2_style = FastRCNNPredictor(256, 80)
+    assert 0.009 < detectron2_style.cls_score.weight.std() < 0.011
+    assert 0.0009 < detectron2_style.bbox_pred.weight.std() < 0.0011
+
+    cfg = small_cfg(head="fpn", norm="bn", freeze_at=0, anchor_sizes=[8, 16, 32, 64, 128])
+    cfg["model"]["roi"]["head_init"] = "torchvision"
+    model = build_detector(cfg, num_classes=3)
+    assert model.roi_heads.predictor.bbox_pred.weight.std() > 0.01  # not detectron2's 0.001
