@@ -89,6 +89,13 @@ class C4BoxHead(nn.Module):
         return self.res5(x).mean(dim=(2, 3))
 
 
+def _check_head_init(init: str) -> str:
+    """`init` if it names one of the two head initialisations (detectron2's, torchvision's); else ValueError."""
+    if init not in ("detectron2", "torchvision"):
+        raise ValueError(f"head initialisation must be 'detectron2' or 'torchvision', got {init!r}")
+    return init
+
+
 class FCBoxHead(nn.Module):
     """Optional 3x3 convolutions (each with its norm and ReLU) on the pooled regions, then fully connected layers
     `fc6`, `fc7`, ... with ReLU: VGG-16's fc6 and fc7 (initialised from the ImageNet classifier, dropout 0.5) on
@@ -120,7 +127,7 @@ class FCBoxHead(nn.Module):
             convs.append(nn.Sequential(conv, *([layer] if layer is not None else []), nn.ReLU(inplace=True)))
         width = (conv_dim if num_conv else in_channels) * resolution**2
         fcs = [nn.Linear(width if i == 0 else fc_dim, fc_dim) for i in range(num_fc)]
-        for layer in fcs if init == "detectron2" else ():
+        for layer in fcs if _check_head_init(init) == "detectron2" else ():
             nn.init.kaiming_uniform_(layer.weight, a=1)
             nn.init.zeros_(layer.bias)
         return cls(fcs, dropout=0.0, convs=convs)
@@ -141,7 +148,7 @@ class FastRCNNPredictor(nn.Module):
         super().__init__()
         self.cls_score = nn.Linear(in_features, num_classes + 1)
         self.bbox_pred = nn.Linear(in_features, num_classes * 4)
-        if init == "torchvision":
+        if _check_head_init(init) == "torchvision":
             return
         nn.init.normal_(self.cls_score.weight, std=0.01)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)

@@ -405,6 +405,9 @@ def test_head_init_torchvision_starts_the_box_head_as_torchvision_does():
     assert 0.009 < detectron2_style.cls_score.weight.std() < 0.011
     assert 0.0009 < detectron2_style.bbox_pred.weight.std() < 0.0011
 
+    with pytest.raises(ValueError, match="head initialisation"):
+        FastRCNNPredictor(64, 3, init="xavier")
+
     cfg = small_cfg(head="fpn", norm="bn", freeze_at=0, anchor_sizes=[8, 16, 32, 64, 128])
     cfg["model"]["roi"]["head_init"] = "torchvision"
     model = build_detector(cfg, num_classes=3)
