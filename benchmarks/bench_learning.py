@@ -140,7 +140,7 @@ def start_settings(pretrained: bool) -> tuple[str, int]:
     return ("frozen_bn", 2) if pretrained else ("bn", 0)
 
 
-def our_config(work: Work, head: str, pretrained: bool, head_init: str = "detectron2") -> dict[str, Any]:
+def our_config(work: Work, head: str, pretrained: bool, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     norm, freeze_at = start_settings(pretrained)
     fpn = head == "fpn"
     overrides = [
@@ -159,7 +159,7 @@ def our_config(work: Work, head: str, pretrained: bool, head_init: str = "detect
         "model.roi.aligned=false", f"model.roi.batch_size_per_image={work.roi_batch}",
         f"model.roi.positive_fraction={work.roi_fg_fraction}", "model.roi.bg_iou_low=0",
         f"model.roi.smooth_l1_beta={work.smooth_l1_beta}", "model.roi.nms_thresh=0.5",
-        f"model.roi.fc_dim={work.fc_dim}", f"model.roi.head_init={head_init}"]
+        f"model.roi.fc_dim={work.fc_dim}", *(f"model.{item}" for item in extra)]
     return load_config(DEFAULTS, None, overrides, open_keys=OPEN_KEYS, limits=LIMITS)
 
 
@@ -178,8 +178,8 @@ class Side:
 
 class OursSide(Side):
     def __init__(self, work: Work, head: str, classifier: nn.Module, num_classes: int, pretrained: bool,
-                 head_init: str = "detectron2") -> None:
-        cfg = our_config(work, head, pretrained, head_init)
+                 extra: tuple[str, ...] = ()) -> None:
+        cfg = our_config(work, head, pretrained, extra)
         self.model = build_detector(cfg, num_classes)
         trunk = self.model.backbone.trunk if head == "fpn" else self.model.backbone
         source = backbones.backbone_from_model(copy.deepcopy(classifier), list(trunk.out_features),
@@ -341,13 +341,45 @@ class Detectron2Side(Side):
 
 
 def make_side(name: str, work: Work, classifier: nn.Module, num_classes: int, pretrained: bool,
-              our_head_init: str = "detectron2") -> Side:
+              ours_extra: tuple[str, ...] = ()) -> Side:
     library, head = name.split("-")
     if library == "ours":
-        return OursSide(work, head, classifier, num_classes, pretrained, our_head_init)
+        return OursSide(work, head, classifier, num_classes, pretrained, ours_extra)
     if library == "torchvision":
         return TorchvisionSide(work, classifier, num_classes, pretrained)
     return Detectron2Side(work, head, classifier, num_classes, pretrained)
+
+
+# torchvision's anchors in our detector: corners rounded to whole pixels, a level's stride from the padded image
+TORCHVISION_ANCHORS = ("round_anchors=true", "anchor_stride_from_image=true")
+TORCHVISION_LOSS_NAMES = {"loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg": "loss_rpn_loc",
+                          "loss_classifier": "loss_cls", "loss_box_reg": "loss_box_reg"}
+
+
+def compare_step(theirs: Side, ours: Side, trunk: nn.Module, batch) -> tuple[dict[str, float], float, float, int]:
+    """One training step of two detectors on `batch`: our losses, the largest relative difference of theirs (in
+    our names) from ours, and of their backbone's gradients (`trunk`) from ours, and how many tensors had one.
+    Theirs may name the losses as torchvision does; torchvision's RPN losses are averages over the anchors that
+    count, ours sums over `rpn_batch` per image, so with every anchor sampled theirs are put on our scale (the
+    anchor count is our RPN's, which matches the same anchors)."""
+    losses = []
+    for side in (theirs, ours):
+        side.model.train()
+        side.model.zero_grad()
+        losses.append({TORCHVISION_LOSS_NAMES.get(k, k): v for k, v in side.losses(batch).items()})
+    if isinstance(theirs, TorchvisionSide):
+        stats = ours.model.rpn.stats
+        counted = float(stats["rpn_pos_anchors"] + stats["rpn_neg_anchors"]) / ours.model.rpn.batch_size_per_image
+        for key in ("loss_rpn_cls", "loss_rpn_loc"):
+            losses[0][key] = losses[0][key] * counted
+    for values in losses:
+        sum(values.values()).backward()
+    theirs_values, ours_values = ({k: float(v.detach()) for k, v in values.items()} for values in losses)
+    loss_diff = max(abs(theirs_values[k] - v) / max(abs(v), 1e-12) for k, v in ours_values.items())
+    ours_trunk = ours.model.backbone.trunk if hasattr(ours.model.backbone, "trunk") else ours.model.backbone
+    grads = [(a.grad, b.grad) for a, b in zip(trunk.parameters(), ours_trunk.parameters(), strict=True)
+             if a.grad is not None]
+    return ours_values, loss_diff, max(relative_difference(a, b) for a, b in grads), len(grads)
 
 
 def loss_parity(work: Work, head: str, classifier: nn.Module, batch, pretrained: bool) -> str:
@@ -360,21 +392,24 @@ def loss_parity(work: Work, head: str, classifier: nn.Module, batch, pretrained:
     heads = {k: v for k, v in theirs.model.state_dict().items() if k.startswith(parts)}
     ours.model.load_state_dict(heads_state_dict(WeightFile({}, "detectron2 side", format="detectron2", extra=heads)),
                                strict=False)
-    losses = []
-    for side in (theirs, ours):  # the same four names in both
-        side.model.train()
-        side.model.zero_grad()
-        values = side.losses(batch)
-        sum(values.values()).backward()
-        losses.append({k: float(v) for k, v in values.items()})
-    loss_diff = max(abs(losses[0][k] - v) / max(abs(v), 1e-12) for k, v in losses[1].items())
     trunk = theirs.model.backbone.bottom_up.trunk if head == "fpn" else theirs.model.backbone.trunk
-    ours_trunk = ours.model.backbone.trunk if head == "fpn" else ours.model.backbone
-    grads = [(a.grad, b.grad) for a, b in zip(trunk.parameters(), ours_trunk.parameters(), strict=True)
-             if a.grad is not None]
-    grad_diff = max(relative_difference(a, b) for a, b in grads)
-    return (f"{head}: losses {losses[1]}; largest relative difference from detectron2's: losses {loss_diff:.1e}, "
-            f"backbone gradients {grad_diff:.1e} ({len(grads)} tensors)")
+    values, loss_diff, grad_diff, count = compare_step(theirs, ours, trunk, batch)
+    return (f"{head}: losses {values}; largest relative difference from detectron2's: losses {loss_diff:.1e}, "
+            f"backbone gradients {grad_diff:.1e} ({count} tensors)")
+
+
+def torchvision_loss_parity(work: Work, classifier: nn.Module, batch, pretrained: bool) -> tuple[float, float]:
+    """Our FPN detector (with torchvision's anchors) against torchvision's `FasterRCNN` on one batch, with its
+    FPN and head weights and every anchor and RoI sampled: the largest relative differences of the losses and of
+    the backbone's gradients."""
+    everything = replace(work, rpn_batch=10**6, roi_batch=10**6, roi_fg_fraction=1.0)
+    theirs = TorchvisionSide(everything, classifier, 1, pretrained)
+    ours = OursSide(everything, "fpn", classifier, 1, pretrained, TORCHVISION_ANCHORS)
+    heads = {k: v for k, v in theirs.model.state_dict().items() if not k.startswith("backbone.body.")}
+    ours.model.load_state_dict(heads_state_dict(WeightFile({}, "torchvision side", format="torchvision", extra=heads)),
+                               strict=False)
+    _, loss_diff, grad_diff, _ = compare_step(theirs, ours, theirs.model.backbone.body, batch)
+    return loss_diff, grad_diff
 
 
 def run_in_float64(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -508,10 +543,11 @@ def main() -> None:
     parser.add_argument("--report", metavar="RESULTS", help="print the table of a results file and exit")
     parser.add_argument("--step-times", type=int, metavar="N", help="time N training steps of each side, "
                         "interleaved, before training (0: none)", default=0)
-    parser.add_argument("--loss-parity", action="store_true", help="check one training step against detectron2's "
-                        "(C4 and FPN) before training")
-    parser.add_argument("--ours-head-init", choices=["detectron2", "torchvision"], default="detectron2",
-                        help="our sides' model.roi.head_init (reported as its own side when not the default)")
+    parser.add_argument("--loss-parity", action="store_true", help="check one training step against torchvision's "
+                        "(FPN) and detectron2's (C4 and FPN) before training")
+    parser.add_argument("--ours-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides of our sides' model config (e.g. roi.head_init=torchvision), on top of the "
+                        "work; such a side is reported as its own (its name followed by the overrides)")
     parser.add_argument("--float64", action="store_true", help="with --loss-parity: both detectors and the batch in "
                         "float64, to tell float32 rounding from a difference in what is computed")
     for key, value in asdict(Work()).items():
@@ -539,6 +575,10 @@ def main() -> None:
         batch = train_set.batches(work, 0)[0]
         if args.float64:
             batch = run_in_float64(batch)
+        loss_diff, grad_diff = torchvision_loss_parity(work, initial_classifier(work, 0, args.weights), batch,
+                                                       bool(args.weights))
+        print(f"fpn, against torchvision's FasterRCNN (its anchors): largest relative difference: losses "
+              f"{loss_diff:.1e}, backbone gradients {grad_diff:.1e}")
         for head in ("c4", "fpn"):
             print(loss_parity(work, head, initial_classifier(work, 0, args.weights), batch, bool(args.weights)))
     if args.step_times:
@@ -550,10 +590,10 @@ def main() -> None:
         for side_name in args.sides:
             torch.manual_seed(seed + 1)  # the heads' own initialisation
             side = make_side(side_name, work, classifier, len(train.class_names), bool(args.weights),
-                             args.ours_head_init)
+                             tuple(args.ours_set))
             torch.manual_seed(seed + 2)  # the samplers' draws
-            label = side_name + (f" ({args.ours_head_init} head init)" if side_name.startswith("ours")
-                                 and args.ours_head_init != "detectron2" else "")
+            label = side_name + (f" ({', '.join(args.ours_set)})" if side_name.startswith("ours") and args.ours_set
+                                 else "")
             result = {"dataset": name, "start": start, "side": label, "seed": seed,
                       **train_and_evaluate(side, batches, work, val_set)}
             print(json.dumps(result), flush=True)
