@@ -14,7 +14,9 @@ Sides: `ours-fpn`, `torchvision-fpn` (`torchvision.models.detection.FasterRCNN` 
 with our res5). detectron2 runs from its source (no build; `PYTHONPATH=<detectron2>:<fvcore, iopath, yacs,
 ...>`), as benchmarks.bench_vs_detectron2. Each run appends one json line to `--results`; `--report` turns a
 results file into the table of mean and spread over seeds; `--step-times N` first times N training steps of each
-side on the same batches, interleaved (the ratio of each peer's time to ours):
+side on the same batches, interleaved (the ratio of each peer's time to ours); `--loss-parity` first checks one
+training step of ours against torchvision's (FPN) and detectron2's (C4, FPN); `--ours-set KEY=VALUE ...` trains
+our sides with overrides of their model config (torchvision's recipe choices, say) as sides of their own:
 
     python -m benchmarks.bench_learning --dataset voc --data ../shared/data/raccoon --classes raccoon \
         --train-split train.txt --val-split test.txt --sides ours-fpn torchvision-fpn --seeds 0 1 2 \
