@@ -51,6 +51,7 @@ from detection.inference import score
 from detection.train import DEFAULTS, LIMITS, OPEN_KEYS
 from detection.weights import heads_state_dict
 from engine.config import load_config
+from engine.errors import UserError
 from engine.schedule import LRSchedule
 
 SIDES = ("ours-fpn", "torchvision-fpn", "detectron2-fpn", "ours-c4", "detectron2-c4")
@@ -183,10 +184,10 @@ class OursSide(Side):
                  extra: tuple[str, ...] = ()) -> None:
         cfg = our_config(work, head, pretrained, extra)
         self.model = build_detector(cfg, num_classes)
-        trunk = self.model.backbone.trunk if head == "fpn" else self.model.backbone
-        source = backbones.backbone_from_model(copy.deepcopy(classifier), list(trunk.out_features),
+        self.trunk = self.model.backbone.trunk if head == "fpn" else self.model.backbone  # the registry network's part
+        source = backbones.backbone_from_model(copy.deepcopy(classifier), list(self.trunk.out_features),
                                                freeze_at=cfg.model.freeze_at, norm=cfg.model.norm)
-        trunk.load_state_dict(source.state_dict())
+        self.trunk.load_state_dict(source.state_dict())
         if head == "c4":
             self.model.roi_heads.box_head.res5.load_state_dict(
                 convert_norm(copy.deepcopy(classifier.layer4), cfg.model.norm).state_dict())
@@ -358,7 +359,10 @@ TORCHVISION_LOSS_NAMES = {"loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg":
                           "loss_classifier": "loss_cls", "loss_box_reg": "loss_box_reg"}
 
 
-def compare_step(theirs: Side, ours: Side, trunk: nn.Module, batch) -> tuple[dict[str, float], float, float, int]:
+StepComparison = tuple[dict[str, float], float, float, int]  # our losses, loss and gradient differences, tensors
+
+
+def compare_step(theirs: Side, ours: OursSide, trunk: nn.Module, batch) -> StepComparison:
     """One training step of two detectors on `batch`: our losses, the largest relative difference of theirs (in
     our names) from ours, and of their backbone's gradients (`trunk`) from ours, and how many tensors had one.
     Theirs may name the losses as torchvision does; torchvision's RPN losses are averages over the anchors that
@@ -378,40 +382,33 @@ def compare_step(theirs: Side, ours: Side, trunk: nn.Module, batch) -> tuple[dic
         sum(values.values()).backward()
     theirs_values, ours_values = ({k: float(v.detach()) for k, v in values.items()} for values in losses)
     loss_diff = max(abs(theirs_values[k] - v) / max(abs(v), 1e-12) for k, v in ours_values.items())
-    ours_trunk = ours.model.backbone.trunk if hasattr(ours.model.backbone, "trunk") else ours.model.backbone
-    grads = [(a.grad, b.grad) for a, b in zip(trunk.parameters(), ours_trunk.parameters(), strict=True)
+    grads = [(a.grad, b.grad) for a, b in zip(trunk.parameters(), ours.trunk.parameters(), strict=True)
              if a.grad is not None]
     return ours_values, loss_diff, max(relative_difference(a, b) for a, b in grads), len(grads)
 
 
-def loss_parity(work: Work, head: str, classifier: nn.Module, batch, pretrained: bool) -> str:
-    """Our detector against detectron2's on one batch, with detectron2's head weights and no sampling (every
-    anchor and RoI counts): the largest differences of the losses and of the backbone's gradients."""
-    everything = replace(work, rpn_batch=10**6, roi_batch=10**6, roi_fg_fraction=1.0)
-    theirs = Detectron2Side(everything, head, classifier, 1, pretrained)
-    ours = OursSide(everything, head, classifier, 1, pretrained)
-    parts = ("proposal_generator.", "roi_heads.box_head.", "roi_heads.box_predictor.", "backbone.fpn_")
-    heads = {k: v for k, v in theirs.model.state_dict().items() if k.startswith(parts)}
-    ours.model.load_state_dict(heads_state_dict(WeightFile({}, "detectron2 side", format="detectron2", extra=heads)),
-                               strict=False)
-    trunk = theirs.model.backbone.bottom_up.trunk if head == "fpn" else theirs.model.backbone.trunk
-    values, loss_diff, grad_diff, count = compare_step(theirs, ours, trunk, batch)
-    return (f"{head}: losses {values}; largest relative difference from detectron2's: losses {loss_diff:.1e}, "
-            f"backbone gradients {grad_diff:.1e} ({count} tensors)")
+PARITY_PEERS = ("torchvision-fpn", "detectron2-c4", "detectron2-fpn")
 
 
-def torchvision_loss_parity(work: Work, classifier: nn.Module, batch, pretrained: bool) -> tuple[float, float]:
-    """Our FPN detector (with torchvision's anchors) against torchvision's `FasterRCNN` on one batch, with its
-    FPN and head weights and every anchor and RoI sampled: the largest relative differences of the losses and of
-    the backbone's gradients."""
+def loss_parity(work: Work, peer: str, classifier: nn.Module, batch, pretrained: bool) -> StepComparison:
+    """Our detector against a peer (`PARITY_PEERS`) on one batch, with the peer's head weights (and FPN) loaded
+    into ours, every anchor and RoI sampled, and against torchvision, torchvision's anchors: `compare_step`'s
+    figures."""
     everything = replace(work, rpn_batch=10**6, roi_batch=10**6, roi_fg_fraction=1.0)
-    theirs = TorchvisionSide(everything, classifier, 1, pretrained)
-    ours = OursSide(everything, "fpn", classifier, 1, pretrained, TORCHVISION_ANCHORS)
-    heads = {k: v for k, v in theirs.model.state_dict().items() if not k.startswith("backbone.body.")}
-    ours.model.load_state_dict(heads_state_dict(WeightFile({}, "torchvision side", format="torchvision", extra=heads)),
+    library, head = peer.split("-")
+    theirs = make_side(peer, everything, classifier, 1, pretrained)
+    anchors = TORCHVISION_ANCHORS if library == "torchvision" else ()
+    ours = OursSide(everything, head, classifier, 1, pretrained, anchors)
+    if library == "torchvision":
+        heads = {k: v for k, v in theirs.model.state_dict().items() if not k.startswith("backbone.body.")}
+        trunk = theirs.model.backbone.body
+    else:
+        parts = ("proposal_generator.", "roi_heads.box_head.", "roi_heads.box_predictor.", "backbone.fpn_")
+        heads = {k: v for k, v in theirs.model.state_dict().items() if k.startswith(parts)}
+        trunk = theirs.model.backbone.bottom_up.trunk if head == "fpn" else theirs.model.backbone.trunk
+    ours.model.load_state_dict(heads_state_dict(WeightFile({}, f"{library} side", format=library, extra=heads)),
                                strict=False)
-    _, loss_diff, grad_diff, _ = compare_step(theirs, ours, theirs.model.backbone.body, batch)
-    return loss_diff, grad_diff
+    return compare_step(theirs, ours, trunk, batch)
 
 
 def run_in_float64(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -564,6 +561,10 @@ def main() -> None:
         parser.error("--float64 is for the one-step check alone: --loss-parity --seeds (no training, no --step-times)")
     torch.set_num_threads(args.threads)
     work = Work(**{key: getattr(args, key) for key in asdict(Work())})
+    try:
+        our_config(work, "fpn", bool(args.weights), tuple(args.ours_set))
+    except UserError as exc:
+        parser.error(f"--ours-set: {exc}")
     data = {key: getattr(args, flag) for flag, key in DATA_FLAG_KEYS.items()}
     data["dataset"] = data["dataset"] or "coco"
     train = build_detection_dataset(data, train=True)
@@ -577,12 +578,12 @@ def main() -> None:
         batch = train_set.batches(work, 0)[0]
         if args.float64:
             batch = run_in_float64(batch)
-        loss_diff, grad_diff = torchvision_loss_parity(work, initial_classifier(work, 0, args.weights), batch,
-                                                       bool(args.weights))
-        print(f"fpn, against torchvision's FasterRCNN (its anchors): largest relative difference: losses "
-              f"{loss_diff:.1e}, backbone gradients {grad_diff:.1e}")
-        for head in ("c4", "fpn"):
-            print(loss_parity(work, head, initial_classifier(work, 0, args.weights), batch, bool(args.weights)))
+        for peer in PARITY_PEERS:
+            values, loss_diff, grad_diff, count = loss_parity(work, peer, initial_classifier(work, 0, args.weights),
+                                                              batch, bool(args.weights))
+            print(f"ours against {peer}{' (its anchors)' if peer.startswith('torchvision') else ''}: losses {values}; "
+                  f"largest relative difference: losses {loss_diff:.1e}, backbone gradients {grad_diff:.1e} "
+                  f"({count} tensors)")
     if args.step_times:
         print(step_times(work, args.sides, initial_classifier(work, 0, args.weights), len(train.class_names),
                          bool(args.weights), train_set.batches(replace(work, iterations=8), 0), args.step_times))

@@ -127,9 +127,10 @@ class FCBoxHead(nn.Module):
             convs.append(nn.Sequential(conv, *([layer] if layer is not None else []), nn.ReLU(inplace=True)))
         width = (conv_dim if num_conv else in_channels) * resolution**2
         fcs = [nn.Linear(width if i == 0 else fc_dim, fc_dim) for i in range(num_fc)]
-        for layer in fcs if _check_head_init(init) == "detectron2" else ():
-            nn.init.kaiming_uniform_(layer.weight, a=1)
-            nn.init.zeros_(layer.bias)
+        if _check_head_init(init) == "detectron2":
+            for layer in fcs:
+                nn.init.kaiming_uniform_(layer.weight, a=1)
+                nn.init.zeros_(layer.bias)
         return cls(fcs, dropout=0.0, convs=convs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

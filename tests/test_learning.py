@@ -420,7 +420,7 @@ def test_an_fpn_training_step_equals_torchvisions_fasterrcnn():
     and RoI sampled: the four losses and the backbone's gradients agree to float32 rounding."""
     from dataclasses import replace
 
-    from benchmarks.bench_learning import Work, initial_classifier, torchvision_loss_parity
+    from benchmarks.bench_learning import Work, initial_classifier, loss_parity
 
     work = replace(Work(), width=8, fpn_channels=16, fc_dim=32, min_size=64,
                    fpn_anchor_sizes=[16, 32, 64, 128, 256])
@@ -428,5 +428,6 @@ def test_an_fpn_training_step_equals_torchvisions_fasterrcnn():
     batch = [(torch.rand(3, 64, 96), {"boxes": torch.tensor([[8.0, 10.0, 50.0, 40.0], [40.0, 20.0, 90.0, 60.0]]),
                                       "labels": torch.tensor([1, 1])}),
              (torch.rand(3, 80, 64), {"boxes": torch.tensor([[5.0, 30.0, 45.0, 75.0]]), "labels": torch.tensor([1])})]
-    loss_diff, grad_diff = torchvision_loss_parity(work, initial_classifier(work, 0, None), batch, pretrained=False)
+    _, loss_diff, grad_diff, _ = loss_parity(work, "torchvision-fpn", initial_classifier(work, 0, None), batch,
+                                             pretrained=False)
     assert loss_diff < 1e-5 and grad_diff < 1e-3
