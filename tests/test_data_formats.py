@@ -128,6 +128,9 @@ def test_labelme_rectangles_polygons_circles_and_list_splits(tmp_path):
                                                          "shape_type": "rectangle"}], "imagePath": "pictures/a.png"}))
     with pytest.raises(UserError, match=r"a.json shape 0: label 'bird' is not one of the classes \(cat, dog\)"):
         LabelMeDetection(root, class_names=CLASSES)
+    with pytest.warns(UserWarning, match=r"skipped 1 shapes of labels not among the 2 classes: bird \(1\)"):
+        skipping = LabelMeDetection(root, class_names=CLASSES, ignore_unknown_classes=True)
+    assert skipping.skipped_objects == {"bird": 1} and len(skipping.records[0].boxes) == 0
 
 
 def test_coco_exports_of_labelling_tools_read_as_meant(tmp_path):

@@ -7,7 +7,6 @@ import io
 import json
 import math
 import os
-import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth, resolve_inside
+from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth, resolve_inside, warn_skipped_classes
 from engine.errors import UserError
 from engine.images import image_size
 from engine.logs import get_logger
@@ -122,9 +121,7 @@ def read_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | None
             raise UserError(f"{where} has iscrowd {ann['iscrowd']!r}; expected 0 or 1")
     if unknown:
         data["annotations"] = [a for a in data["annotations"] if a["category_id"] in cat_ids]
-        counts = ", ".join(f"id {c} ({n})" for c, n in sorted(unknown.items(), key=lambda kv: str(kv[0])))
-        warnings.warn(f"{path}: skipped {sum(unknown.values())} annotations of unknown categories: {counts}",
-                      stacklevel=2)
+        warn_skipped_classes(str(path), unknown, "annotations of unknown categories", id_prefix="id ")
     ann_ids = [ann.get("id") for ann in data["annotations"]]
     if any(not is_integer(v) for v in ann_ids) or len(set(ann_ids)) != len(ann_ids):
         for n, ann in enumerate(data["annotations"], start=1):  # pycocotools indexes annotations by id

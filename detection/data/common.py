@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,16 @@ class BoxSanitizer:
         if self.clipped or self.dropped:
             warnings.warn(f"{self.source}: clipped {self.clipped} boxes to their image, dropped {self.dropped} "
                           "boxes with no area", stacklevel=3)
+
+
+def warn_skipped_classes(source: str, skipped: Mapping[Any, int], what: str, id_prefix: str = "") -> None:
+    """One warning for the objects a reader skipped because their class is not among those trained (with
+    --ignore-unknown-classes): `what` says which objects ("objects of classes not among the 3 given"), then each
+    unknown class with its count, `id_prefix` before numeric ids ("id 5 (2)")."""
+    if skipped:
+        ordered = sorted(skipped.items(), key=lambda kv: (type(kv[0]).__name__, kv[0]))  # ids numerically
+        counts = ", ".join(f"{id_prefix}{c} ({n})" for c, n in ordered)
+        warnings.warn(f"{source}: skipped {sum(skipped.values())} {what}: {counts}", stacklevel=3)
 
 
 class DetectionDataset(torch.utils.data.Dataset):

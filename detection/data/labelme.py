@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from detection.data.coco import is_finite_number, load_json
-from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth
+from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth, warn_skipped_classes
 from detection.data.voc import read_image_list
 from engine.errors import UserError
 from engine.images import IMAGE_EXTENSIONS, image_size
@@ -112,10 +111,8 @@ class LabelMeDetection(DetectionDataset):
             raise UserError(f"{path} shape {index}: label {shapes[index][0]!r} is not one of the classes "
                             f"({', '.join(self.class_names)}); give them all with --classes, or skip the others with "
                             "--ignore-unknown-classes")
-        if unknown:
-            counts = ", ".join(f"{n} ({c})" for n, c in sorted(unknown.items()))
-            warnings.warn(f"{self.root}: skipped {sum(unknown.values())} shapes of labels not among the "
-                          f"{len(self.class_names)} classes: {counts}", stacklevel=2)
+        warn_skipped_classes(str(self.root), unknown,
+                             f"shapes of labels not among the {len(self.class_names)} classes")
         self.skipped_objects = dict(unknown)
         sanitize = BoxSanitizer(str(self.root))
         self.records, self.paths = [], []

@@ -9,7 +9,6 @@ evaluator's continuous IoU on these boxes equals the devkit's "+1" IoU on the or
 from __future__ import annotations
 
 import os
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import defusedxml.ElementTree as SafeET
 import numpy as np
 from defusedxml import DefusedXmlException
 
-from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth
+from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth, warn_skipped_classes
 from engine.errors import UserError
 from engine.images import IMAGE_EXTENSIONS, image_size
 
@@ -198,10 +197,8 @@ class VOCDetection(DetectionDataset):
             raise UserError(f"{first}: object of class {next(iter(sorted(unknown)))!r}, which is not one of the "
                             f"classes ({', '.join(self.class_names)}); the annotations hold {listed}. Give them all "
                             "with --classes, or skip the others with --ignore-unknown-classes")
-        if unknown:
-            counts = ", ".join(f"{n} ({c})" for n, c in sorted(unknown.items()))
-            warnings.warn(f"{self.root}: skipped {sum(unknown.values())} objects of classes not among the "
-                          f"{len(self.class_names)} given: {counts}", stacklevel=2)
+        warn_skipped_classes(str(self.root), unknown,
+                             f"objects of classes not among the {len(self.class_names)} given")
         self.skipped_objects = dict(unknown)
         self.records, self.paths = [], []
         sanitize = BoxSanitizer(str(self.root))

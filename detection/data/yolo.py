@@ -16,7 +16,6 @@ one, has no objects. Problems name the file and line.
 from __future__ import annotations
 
 import os
-import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth
+from detection.data.common import BoxSanitizer, DetectionDataset, GroundTruth, warn_skipped_classes
 from engine.errors import UserError
 from engine.images import IMAGE_EXTENSIONS, image_size
 
@@ -174,10 +173,8 @@ class YOLODetection(DetectionDataset):
             self.records.append(GroundTruth(len(self.records) + 1, name, width, height, boxes[keep],
                                             classes[keep] + 1, np.zeros(int(keep.sum()), dtype=bool)))
         sanitize.report()
-        if skipped:
-            counts = ", ".join(f"id {c} ({n})" for c, n in sorted(skipped.items()))
-            warnings.warn(f"{self.data['_file']}: skipped {sum(skipped.values())} objects of class ids not among the "
-                          f"{len(self.class_names)} names: {counts}", stacklevel=2)
+        warn_skipped_classes(str(self.data["_file"]), skipped,
+                             f"objects of class ids not among the {len(self.class_names)} names", id_prefix="id ")
         self.skipped_objects = dict(skipped)
 
     def image_path(self, index: int) -> Path:
