@@ -4,10 +4,12 @@ Every side trains on the same stream of batches (the same images, pre-resized on
 horizontal flips, in the same order), from the same backbone network with the same initial weights (a
 registry ResNet: from scratch with BatchNorm that trains and nothing frozen, as torchvision without weights;
 or from a classifier's weights, `--weights`, with frozen BN and the stem and res2 frozen, as both libraries
-fine-tune), with the same anchors, RPN and RoI sample counts, IoU thresholds, proposal counts, RoIAlign,
+fine-tune), with the same anchor sizes and ratios, RPN and RoI sample counts, IoU thresholds, proposal counts, RoIAlign,
 smooth-L1 betas, and the same SGD, learning-rate schedule and iterations. What differs is each library's own
 code for everything after the backbone network: FPN, RPN, sampling, matching, losses, heads and their
-initialisation. Each side's detections are scored by one evaluator (pycocotools COCO AP and AP50).
+initialisation. Ours makes the choices our library makes for the start (`detection.build.START_DEFAULTS`: from
+scratch torchvision's rounded anchors and head initialisation, from weights detectron2's). Each side's
+detections are scored by one evaluator (pycocotools COCO AP and AP50).
 
 Sides: `ours-fpn`, `torchvision-fpn` (`torchvision.models.detection.FasterRCNN` on its own BackboneWithFPN),
 `detectron2-fpn` (its FPN, RPN and StandardROIHeads), `ours-c4`, `detectron2-c4` (its RPN and Res5ROIHeads
@@ -44,7 +46,7 @@ import backbones
 from backbones.layers import convert_norm
 from backbones.weights import WeightFile
 from benchmarks.common import interleaved_times, machine_line, relative_difference
-from detection.build import build_detector
+from detection.build import START_DEFAULTS, build_detector
 from detection.data.catalog import DATA_FLAG_KEYS, add_data_arguments, build_detection_dataset
 from detection.data.common import DetectionDataset, load_image
 from detection.inference import score
@@ -144,9 +146,13 @@ def start_settings(pretrained: bool) -> tuple[str, int]:
 
 
 def our_config(work: Work, head: str, pretrained: bool, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Our detector on `work`: what our library chooses for the start (`START_DEFAULTS`: anchors, head
+    initialisation) except the norm and frozen stages, which are the work's (`start_settings`), then `extra`."""
     norm, freeze_at = start_settings(pretrained)
     fpn = head == "fpn"
+    by_start = START_DEFAULTS["weights" if pretrained else "scratch"]
     overrides = [
+        *(f"model.{key}={str(value).lower()}" for key, value in by_start.items() if key not in ("norm", "freeze_at")),
         f"model.backbone={work.backbone}", f"model.backbone_options={{width: {work.width}}}", f"model.head={head}",
         f"model.norm={norm}", f"model.freeze_at={freeze_at}", f"model.min_size=[{work.min_size}]",
         f"model.max_size={work.min_size * 4}", "model.size_divisibility=32", "model.pixel_range=1",
@@ -353,8 +359,10 @@ def make_side(name: str, work: Work, classifier: nn.Module, num_classes: int, pr
     return Detectron2Side(work, head, classifier, num_classes, pretrained)
 
 
-# torchvision's anchors in our detector: corners rounded to whole pixels, a level's stride from the padded image
+# each library's anchors in our detector (torchvision's: corners rounded to whole pixels, a level's stride from the
+# padded image), for the loss parity, which needs the peer's whatever the start
 TORCHVISION_ANCHORS = ("round_anchors=true", "anchor_stride_from_image=true")
+DETECTRON2_ANCHORS = ("round_anchors=false", "anchor_stride_from_image=false")
 TORCHVISION_LOSS_NAMES = {"loss_objectness": "loss_rpn_cls", "loss_rpn_box_reg": "loss_rpn_loc",
                           "loss_classifier": "loss_cls", "loss_box_reg": "loss_box_reg"}
 
@@ -397,7 +405,7 @@ def loss_parity(work: Work, peer: str, classifier: nn.Module, batch, pretrained:
     everything = replace(work, rpn_batch=10**6, roi_batch=10**6, roi_fg_fraction=1.0)
     library, head = peer.split("-")
     theirs = make_side(peer, everything, classifier, 1, pretrained)
-    anchors = TORCHVISION_ANCHORS if library == "torchvision" else ()
+    anchors = TORCHVISION_ANCHORS if library == "torchvision" else DETECTRON2_ANCHORS
     ours = OursSide(everything, head, classifier, 1, pretrained, anchors)
     if library == "torchvision":
         heads = {k: v for k, v in theirs.model.state_dict().items() if not k.startswith("backbone.body.")}

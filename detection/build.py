@@ -37,8 +37,9 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "backbone": "resnet101",
     "backbone_options": {},
     "weights": None,  # ImageNet weights: a train_cls.py model_final.pth or a torchvision state dict
-    # null: from weights, stem and res2 (VGG: conv1, conv2) frozen and frozen BN (the paper's fine-tuning); from
-    # scratch, nothing frozen and a norm that trains (SCRATCH_NORM); see `resolve_start`
+    # null here and below: chosen by where training starts (`START_DEFAULTS`, `resolve_start`): from weights, stem
+    # and res2 (VGG: conv1, conv2) frozen and frozen BN (the paper's fine-tuning); from scratch, nothing frozen and
+    # a norm that trains
     "freeze_at": None,
     "norm": None,  # the backbone's (and C4 head's) normalisation: frozen_bn, bn, syncbn, gn (backbones.NORMS)
     # the input convention (0..255 units): null takes the weights' own (a classifier trained here records
@@ -58,8 +59,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "size_divisibility": 32,
     "anchor_sizes": [128, 256, 512],  # C4: all at stride 16; FPN: one per level, P2..P6
     "aspect_ratios": [0.5, 1.0, 2.0],
-    "round_anchors": False,  # torchvision rounds the anchors' corners to whole pixels
-    "anchor_stride_from_image": False,  # torchvision: a level's stride is the padded size // its grid size
+    "round_anchors": None,  # torchvision rounds the anchors' corners to whole pixels (null: by start)
+    "anchor_stride_from_image": None,  # torchvision: a level's stride is the padded size // its grid size
     "rpn": {
         "batch_size_per_image": 256, "positive_fraction": 0.5, "iou_thresholds": [0.3, 0.7],
         "pre_nms_topk_train": 12000, "post_nms_topk_train": 2000, "pre_nms_topk_test": 6000,
@@ -80,8 +81,9 @@ MODEL_DEFAULTS: dict[str, Any] = {
         # the FPN box head: `num_conv` 3x3 convolutions of `conv_dim` channels, each followed by `head_norm`, then
         # `num_fc` fully connected layers (detectron2's GroupNorm recipes: 4 convolutions, 1 layer, gn)
         "num_conv": 0, "conv_dim": 256, "num_fc": 2, "head_norm": "none",
-        # how the box head's new fully connected layers and the predictor start (detectron2's or torchvision's)
-        "head_init": "detectron2",
+        # how the box head's new fully connected layers and the predictor start: detectron2's or torchvision's
+        # (null: by start)
+        "head_init": None,
     },
 }
 
@@ -125,22 +127,40 @@ def _load_classifier(m: DictConfig | dict, weights: WeightFile | None) -> nn.Mod
     return classifier
 
 
-# the norm of a detector trained from scratch when nothing says otherwise (`resolve_start`); chosen from the
-# measurements in docs/benchmarks.md ("Training from scratch")
-SCRATCH_NORM = "gn"
-PRETRAINED_FREEZE_AT = 2
+# The model keys whose default depends on where training starts (`resolve_start`), chosen from the measurements
+# in docs/benchmarks.md ("Learning"). From weights: the paper's and both libraries' fine-tuning (frozen BN, stem
+# and res2 frozen) with detectron2's anchors and head initialisation, which every pre-trained figure was measured
+# with (and what a detector saved before these keys existed was built with). From scratch: every layer trains
+# with GroupNorm, with torchvision's rounded anchors and head initialisation, which trained better where the two
+# differed (raccoon FPN COCO AP 27.6 against 23.2, one run of three diverging without them) and as well elsewhere.
+START_DEFAULTS: dict[str, dict[str, Any]] = {
+    "weights": {"norm": "frozen_bn", "freeze_at": 2, "round_anchors": False, "anchor_stride_from_image": False,
+                "roi.head_init": "detectron2"},
+    "scratch": {"norm": "gn", "freeze_at": 0, "round_anchors": True, "anchor_stride_from_image": True,
+                "roi.head_init": "torchvision"},
+}
+
+
+def fill_start_keys(m: DictConfig | dict, start: str, trained: dict[str, Any] | None = None) -> None:
+    """Set the `START_DEFAULTS[start]` keys ("weights" or "scratch") left unset (None) in the model config `m`, in
+    place: to what the `trained` model config says where it says it, else to the start's default."""
+    for dotted, default in START_DEFAULTS[start].items():
+        *parents, key = dotted.split(".")
+        holder, kept = m, trained or {}
+        for parent in parents:
+            holder, kept = holder[parent], kept.get(parent) or {}
+        if holder.get(key) is None:
+            holder[key] = default if kept.get(key) is None else kept[key]
 
 
 def resolve_start(cfg: DictConfig | dict, weights: WeightFile | None) -> None:
-    """Fill `model.norm` / `model.freeze_at` left unset (None) in place, by where training starts. From weights:
-    frozen BN and the first two stages frozen (the paper's and both libraries' fine-tuning; a detector of ours
-    keeps the norm it was trained with). From scratch: nothing frozen and `SCRATCH_NORM`, which trains."""
-    m = cfg["model"]
-    if m.get("norm") is None:
-        trained = weights.record["config"]["model"] if weights is not None and weights.is_our_detector else {}
-        m["norm"] = trained.get("norm", "frozen_bn") if weights is not None else SCRATCH_NORM
-    if m.get("freeze_at") is None:
-        m["freeze_at"] = PRETRAINED_FREEZE_AT if weights is not None else 0
+    """Fill the keys chosen by where training starts (`START_DEFAULTS`) left unset in `cfg.model`, in place; a
+    detector of ours keeps the norm, anchors and head initialisation it was built with (what is frozen is this
+    run's choice)."""
+    trained = None
+    if weights is not None and weights.is_our_detector:
+        trained = {**weights.record["config"]["model"], "freeze_at": None}
+    fill_start_keys(cfg["model"], "weights" if weights is not None else "scratch", trained)
 
 
 def describe_start(cfg: DictConfig | dict) -> str:
@@ -150,7 +170,9 @@ def describe_start(cfg: DictConfig | dict) -> str:
     norm = "" if backbones.model_info(m["backbone"]).family == "vgg" else f", norm {m['norm']}"
     if m["weights"]:
         return f"starting from {m['weights']}: {frozen}{norm}"
-    return (f"no --weights: training from scratch (He-initialised convolutions): {frozen}{norm}"
+    torchvision = m["round_anchors"] and m["roi"]["head_init"] == "torchvision"
+    recipe = ", torchvision's anchors and head initialisation" if torchvision else ""
+    return (f"no --weights: training from scratch (He-initialised convolutions{recipe}): {frozen}{norm}"
             + (" (a fixed identity: nothing normalises, set model.norm=bn or gn)" if m["norm"] == "frozen_bn" else ""))
 
 
@@ -284,9 +306,10 @@ def detector_from_checkpoint(state: dict[str, Any], path: str | os.PathLike
         what = f"a {state['arch']} classifier checkpoint" if "arch" in state else "not a detector checkpoint"
         raise UserError(f"{path}: {what} (expected model_final.pth or a checkpoint of train_det.py)")
     cfg = state["config"]
-    saved = {"norm": "frozen_bn", **cfg["model"], "weights": None}  # saved before the norm was a choice: frozen BN
-    # keys added since the detector was saved take their defaults, which build what it had
-    cfg["model"] = OmegaConf.to_container(OmegaConf.merge(MODEL_DEFAULTS, saved))
+    # keys added since the detector was saved take their defaults, which build what it had; those chosen by start
+    # were, before they were keys, what a start from weights chooses now
+    cfg["model"] = OmegaConf.to_container(OmegaConf.merge(MODEL_DEFAULTS, {**cfg["model"], "weights": None}))
+    fill_start_keys(cfg["model"], "weights")
     model = build_detector(cfg, len(state["class_names"]))
     weights = state.get("state_dict", state.get("model"))
     missing, unexpected = model.load_state_dict(weights, strict=False)

@@ -277,6 +277,7 @@ def test_folding_a_frozen_bn_into_its_convolution_by_hand():
 def test_the_inference_copy_detects_what_the_model_detects(backbone, head, norm):
     sizes = [16, 32, 64] if head == "c4" else [8, 16, 32, 64, 128]
     cfg = small_cfg(backbone, head=head, anchor_sizes=sizes, norm=norm)
+    cfg["model"]["roi"]["head_init"] = "detectron2"  # the small predictor of a fine-tuned detector, as calibrated
     model = build_detector(cfg, num_classes=3).eval()
     image = torch.rand(3, 80, 120, generator=torch.Generator().manual_seed(0))
     norm_type = FrozenBatchNorm2d if norm == "frozen_bn" else nn.BatchNorm2d  # trained BN: its running statistics

@@ -40,8 +40,8 @@ def _train(out, shapes, *extra, backbone="resnet18"):
 def test_train_det_cli_runs_and_leaves_its_outputs(tmp_path, shapes, backbone, extra, capsys):
     out = tmp_path / backbone
     assert _train(out, shapes, *extra, backbone=backbone) == 0
-    assert "no --weights: training from scratch (He-initialised convolutions): every layer trains" in (
-        capsys.readouterr().out)
+    assert ("no --weights: training from scratch (He-initialised convolutions, torchvision's anchors and head "
+            "initialisation): every layer trains") in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["iterations"] == 3 and set(metrics) >= {"voc07", "coco"}
     for name in ("model_final.pth", "loss.png", "voc07_mAP.png", "coco_results.json", "config.yaml"):

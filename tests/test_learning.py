@@ -74,6 +74,10 @@ def test_frozen_bn_hand_off_keeps_the_classifiers_statistics_and_affine_map_exac
     cfg = small_cfg(weights=str(path))
     model = build_detector(cfg, num_classes=3)
     assert cfg["model"]["norm"] == "frozen_bn" and cfg["model"]["freeze_at"] == 2
+    # detectron2's anchors and head initialisation, which the pre-trained figures were measured with
+    m = cfg["model"]
+    assert (m["round_anchors"], m["anchor_stride_from_image"], m["roi"]["head_init"]) == (False, False, "detectron2")
+    assert 0.0009 < model.roi_heads.predictor.bbox_pred.weight.std() < 0.0011
     frozen = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.stages.res3.1.bn2.")}
     expected = classifier.layer2[1].bn2.state_dict()
     assert {k.rsplit(".", 1)[1]: v for k, v in frozen.items()}.keys() == expected.keys() - {"num_batches_tracked"}
@@ -86,7 +90,15 @@ def test_from_scratch_nothing_is_frozen_and_every_layer_and_norm_trains():
     cfg = small_cfg()
     model = build_detector(cfg, num_classes=3).train()
     assert (cfg["model"]["norm"], cfg["model"]["freeze_at"]) == ("gn", 0)
-    assert describe_start(cfg).startswith("no --weights: training from scratch")
+    # torchvision's anchors (rounded corners, stride from the padded image) and head initialisation (nn.Linear's)
+    m = cfg["model"]
+    assert (m["round_anchors"], m["anchor_stride_from_image"], m["roi"]["head_init"]) == (True, True, "torchvision")
+    from torchvision.models.detection.anchor_utils import AnchorGenerator as TorchvisionAnchors
+    reference = TorchvisionAnchors().generate_anchors(m["anchor_sizes"], m["aspect_ratios"])
+    assert sorted(model.rpn.anchor_generator.cell_anchors_0.tolist()) == sorted(reference.tolist())
+    assert model.roi_heads.predictor.bbox_pred.weight.std() > 0.01  # not detectron2's 0.001
+    assert describe_start(cfg).startswith("no --weights: training from scratch (He-initialised convolutions, "
+                                          "torchvision's anchors and head initialisation): every layer trains")
     assert all(p.requires_grad for p in model.parameters())
     assert not any(isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d)) for m in model.modules())
     assert isinstance(model.backbone.stages["stem"].bn1, nn.GroupNorm)
@@ -127,6 +139,17 @@ def test_every_norm_builds_trains_a_step_and_survives_a_checkpoint(tmp_path, hea
     with torch.no_grad():
         for a, b in zip(model(images), loaded.eval()(images), strict=True):
             torch.testing.assert_close(a["scores"], b["scores"])
+
+
+def test_fine_tuning_a_detector_of_ours_keeps_the_norm_and_anchors_it_was_trained_with(tmp_path):
+    cfg = small_cfg()  # from scratch: GroupNorm, torchvision's anchors and head initialisation
+    path = tmp_path / "det.pth"
+    torch.save(detector_checkpoint(build_detector(cfg, num_classes=3), cfg, ["a", "b", "c"]), path)
+    tuned = small_cfg(weights=str(path))
+    build_detector(tuned, num_classes=3)
+    m = tuned["model"]
+    assert (m["norm"], m["round_anchors"], m["anchor_stride_from_image"]) == ("gn", True, True)
+    assert (m["roi"]["head_init"], m["freeze_at"]) == ("torchvision", 2)
 
 
 def _sync_bn_worker(rank: int, port: int, x: torch.Tensor, weight: torch.Tensor, out: dict) -> None:
@@ -365,19 +388,21 @@ def test_write_crops_leaves_out_ignored_objects(tmp_path):
     assert dict(counts) == {"cat": 1, "background": 0} and not (tmp_path / "out" / "background").exists()
 
 
-def test_a_detector_saved_before_the_norm_keys_existed_loads_as_it_was(tmp_path):
-    cfg = small_cfg(head="fpn", anchor_sizes=[8, 16, 32, 64, 128], norm="frozen_bn", freeze_at=2)
+def test_a_detector_saved_before_the_norm_and_start_keys_existed_loads_as_it_was(tmp_path):
+    # built as every detector was then: frozen BN, detectron2's anchors (corners not rounded)
+    cfg = small_cfg(head="fpn", anchor_sizes=[8, 16, 32, 64, 128], norm="frozen_bn", freeze_at=2,
+                    round_anchors=False, anchor_stride_from_image=False)
     cfg["model"]["fpn"]["out_channels"] = 16
     model = build_detector(cfg, num_classes=2).eval()
     state = detector_checkpoint(model, cfg, ["a", "b"])
-    for key in ("norm", "freeze_at"):  # what such a file's config lacks
+    for key in ("norm", "freeze_at", "round_anchors", "anchor_stride_from_image"):  # what such a file's config lacks
         del state["config"]["model"][key]
     del state["config"]["model"]["fpn"]["norm"]
-    for key in ("num_conv", "conv_dim", "num_fc", "head_norm"):
+    for key in ("num_conv", "conv_dim", "num_fc", "head_norm", "head_init"):
         del state["config"]["model"]["roi"][key]
     torch.save(state, tmp_path / "old.pth")
     loaded, saved_cfg, _ = load_detector(tmp_path / "old.pth")
-    assert saved_cfg["model"]["norm"] == "frozen_bn"
+    assert saved_cfg["model"]["norm"] == "frozen_bn" and saved_cfg["model"]["round_anchors"] is False
     images, _ = _images_and_targets()
     with torch.no_grad():
         for a, b in zip(model(images), loaded.eval()(images), strict=True):
