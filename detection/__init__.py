@@ -3,5 +3,5 @@
 AP) and error analysis (TIDE, confusion, thresholds).
 
     from detection.build import MODEL_DEFAULTS, build_detector
-    model = build_detector({"model": MODEL_DEFAULTS}, num_classes=20)
+    model = build_detector({"model": {**MODEL_DEFAULTS, "backbone": "resnet50"}}, num_classes=20)
 """

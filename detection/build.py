@@ -148,6 +148,8 @@ def fill_start_keys(m: DictConfig | dict, start: str, trained: dict[str, Any] | 
         *parents, key = dotted.split(".")
         holder, kept = m, trained or {}
         for parent in parents:
+            if type(holder[parent]) is dict:  # written to: a copy, not a section shared with MODEL_DEFAULTS
+                holder[parent] = dict(holder[parent])
             holder, kept = holder[parent], kept.get(parent) or {}
         if holder.get(key) is None:
             holder[key] = default if kept.get(key) is None else kept[key]

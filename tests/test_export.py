@@ -150,7 +150,8 @@ def test_a_full_size_detector_exports_and_passes_its_check(tmp_path):
     """torchvision's fasterrcnn_resnet50_fpn as converted (ResNet-50 FPN, 90 classes, its conventions), its frozen
     BN calibrated on the sample photograph so that it detects things: the float32 rounding of 70 layers at 640 x 427
     is within the tolerances that scale with them (a fixed 1e-3 px refused such a model)."""
-    cfg = load_config(DEFAULTS, "torchvision_R50_FPN", ["model.norm=frozen_bn"], open_keys=OPEN_KEYS)
+    cfg = load_config(DEFAULTS, "torchvision_R50_FPN", ["model.norm=frozen_bn", "model.roi.head_init=detectron2"],
+                      open_keys=OPEN_KEYS)  # the small head weights of a trained detector, not nn.Linear's draw
     torch.manual_seed(0)
     detector = build_detector(cfg, 90).eval()
     image = torch.from_numpy(np.array(__import__("PIL.Image").Image.open(export.SAMPLE_IMAGE).convert("RGB")))

@@ -141,6 +141,15 @@ def test_every_norm_builds_trains_a_step_and_survives_a_checkpoint(tmp_path, hea
             torch.testing.assert_close(a["scores"], b["scores"])
 
 
+def test_building_a_detector_leaves_the_model_defaults_alone():
+    from detection.build import MODEL_DEFAULTS
+
+    before = copy.deepcopy(MODEL_DEFAULTS)
+    cfg = {"model": {**MODEL_DEFAULTS, "backbone": "resnet18", "backbone_options": {"width": 8}}}  # a shallow copy
+    build_detector(cfg, num_classes=2)
+    assert cfg["model"]["roi"]["head_init"] == "torchvision" and MODEL_DEFAULTS == before
+
+
 def test_fine_tuning_a_detector_of_ours_keeps_the_norm_and_anchors_it_was_trained_with(tmp_path):
     cfg = small_cfg()  # from scratch: GroupNorm, torchvision's anchors and head initialisation
     path = tmp_path / "det.pth"
