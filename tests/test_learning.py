@@ -147,7 +147,7 @@ def test_building_a_detector_leaves_the_model_defaults_alone():
     before = copy.deepcopy(MODEL_DEFAULTS)
     cfg = {"model": {**MODEL_DEFAULTS, "backbone": "resnet18", "backbone_options": {"width": 8}}}  # a shallow copy
     build_detector(cfg, num_classes=2)
-    assert cfg["model"]["roi"]["head_init"] == "torchvision" and MODEL_DEFAULTS == before
+    assert cfg["model"]["roi"]["head_init"] == "torchvision" and before == MODEL_DEFAULTS
 
 
 def test_fine_tuning_a_detector_of_ours_keeps_the_norm_and_anchors_it_was_trained_with(tmp_path):
